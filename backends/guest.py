@@ -1,0 +1,35 @@
+"""The argv and outputs of the guest scripts that every backend runs in a machine.
+
+The scripts themselves live in `engine/guest/` and travel in the run bundle.
+"""
+
+from __future__ import annotations
+
+from backends.base import AgentState, AgentStatus
+
+
+def run_argv(root: str, command: list[str]) -> list[str]:
+    """Return the argv that starts `command` under the runner; `command` stays argv."""
+    return ["/bin/sh", f"{root}/run.sh", *command]
+
+
+def follow_argv(root: str, offsets: tuple[int, int]) -> list[str]:
+    return ["/bin/sh", f"{root}/follow.sh", str(offsets[0]), str(offsets[1])]
+
+
+def status_argv(root: str) -> list[str]:
+    return ["/bin/sh", f"{root}/status.sh"]
+
+
+def parse_agent_status(text: str) -> AgentStatus:
+    """Parse status.sh output: `exited CODE`, `running PID` or `missing`."""
+    lines = text.strip().splitlines()
+    first = lines[0].split() if lines else ["missing"]
+    error = "\n".join(lines[1:]).strip() or None
+    if first[0] == "exited" and len(first) == 2 and first[1].lstrip("-").isdigit():
+        return AgentStatus(
+            AgentState.EXITED, exit_code=int(first[1]), start_error=error
+        )
+    if first[0] == "running" and len(first) == 2 and first[1].isdigit():
+        return AgentStatus(AgentState.RUNNING, pid=int(first[1]))
+    return AgentStatus(AgentState.MISSING, start_error=error)

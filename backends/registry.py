@@ -1,0 +1,75 @@
+"""Backend names, construction from settings, and auto-detection."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from engine.exceptions import BackendUnavailableError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from backends.base import Backend
+    from engine.settings import Settings
+
+
+def _docker(settings: Settings) -> Backend:
+    from backends.docker import DockerBackend
+
+    return DockerBackend(
+        image=settings.engine_docker_image, network=settings.engine_docker_network
+    )
+
+
+def _instant(settings: Settings) -> Backend:
+    from backends.instant import InstantBackend
+
+    return InstantBackend()
+
+
+FACTORIES: dict[str, Callable[[Settings], Backend]] = {
+    "docker": _docker,
+    "instant": _instant,
+}
+
+# Tried in this order by `auto`; the instant test backend is never detected.
+DETECTION_ORDER = ("apple-container", "tart", "docker")
+
+
+def available_backends() -> list[str]:
+    return sorted(FACTORIES)
+
+
+def detect_backend() -> str:
+    """Return the first usable backend: Apple Container, then Tart, then Docker."""
+    on_mac = sys.platform == "darwin"
+    for name in DETECTION_ORDER:
+        if name not in FACTORIES:
+            continue
+        if name == "apple-container" and on_mac and shutil.which("container"):
+            return name
+        if name == "tart" and on_mac and shutil.which("tart"):
+            return name
+        if name == "docker" and shutil.which("docker"):
+            return name
+    raise BackendUnavailableError(
+        "no backend found: install Docker (on Debian: apt-get install docker.io), "
+        "or on macOS Apple's container tool or tart, or set CONTAINER_RUNTIME"
+    )
+
+
+def resolve_backend_name(name: str | None, settings: Settings) -> str:
+    """Return the backend to use for a request, resolving `auto`."""
+    chosen = (name or settings.container_runtime or "auto").strip().lower()
+    if chosen == "auto":
+        return detect_backend()
+    if chosen not in FACTORIES:
+        raise UnknownBackendError(chosen, ["auto", *available_backends()])
+    return chosen
+
+
+def create_backend(name: str, settings: Settings) -> Backend:
+    if name not in FACTORIES:
+        raise UnknownBackendError(name, ["auto", *available_backends()])
+    return FACTORIES[name](settings)

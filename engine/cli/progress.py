@@ -1,0 +1,57 @@
+"""Live progress of `engine run` on stderr, and the agent's output on stdout."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from engine.observers import RunObserver
+from engine.states import State
+
+if TYPE_CHECKING:
+    from engine.records import ExecutionRecord, TransitionRecord
+    from engine.runner import Run
+
+
+class ProgressObserver(RunObserver):
+    """Prints a line per state on stderr and passes agent output through."""
+
+    def __init__(self, *, show_output: bool, show_progress: bool):
+        self.show_output = show_output
+        self.show_progress = show_progress
+        self.console = Console(stderr=True, highlight=False)
+
+    def on_transition(self, run: Run, row: TransitionRecord) -> None:
+        if not self.show_progress:
+            return
+        spent = f" ({row.duration:.2f} s in {row.from_state})" if row.duration else ""
+        colour = "red" if row.to_state == State.FAILED else "cyan"
+        self.console.print(
+            f"[dim]{row.at:%H:%M:%S}[/] [{colour}]{row.to_state}[/]{spent}"
+        )
+
+    def on_output(self, run: Run, stream: str, data: bytes) -> None:
+        if not self.show_output:
+            return
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        target.buffer.write(data)
+        target.buffer.flush()
+
+    def print_summary(self, record: ExecutionRecord) -> None:
+        duration = ""
+        if record.finished_at is not None:
+            seconds = (record.finished_at - record.created_at).total_seconds()
+            duration = f" in {seconds:.2f} s"
+        if record.state is State.DONE:
+            self.console.print(
+                f"[green]done[/]{duration}: exit code {record.exit_code}, "
+                f"execution {record.id}"
+            )
+            return
+        self.console.print(
+            f"[red]failed[/] in {record.failed_state}{duration}: "
+            f"{record.error_type}: {record.error_message} (execution {record.id}; "
+            f"`engine show {record.id}` for details)"
+        )

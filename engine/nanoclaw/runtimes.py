@@ -1,0 +1,616 @@
+"""Agent runtimes: the command line of each agent CLI and a parser for its output.
+
+Each runtime builds the argv that runs its CLI inside the machine with the prompt on
+stdin, read from a prompt file, never from the command line. Its parser takes the
+CLI's stdout line by line as it arrives and returns `AgentEvent`s: a result text,
+a new session id, or an error. Error events say whether the session id was unknown
+(the caller retries once without it), whether authentication failed, or whether the
+API could not be reached.
+
+Output formats, checked against the CLIs installed by scripts/build-agent-image.sh
+(versions in docs; see the samples in tests/test_nanoclaw_runtimes.py):
+
+- Claude Code `claude -p --output-format stream-json --verbose`: one JSON object
+  per line; `{"type":"system","subtype":"init","session_id":...}` first, a final
+  `{"type":"result","is_error":...,"result":...,"session_id":...}`.
+- Codex `codex exec --json -`: JSONL events `thread.started` (`thread_id`),
+  `item.completed` (item `type` "agent_message" with `text`), `turn.completed`,
+  `turn.failed` (`error.message`) and `error` (`message`).
+- OpenCode `opencode run --format json`: JSONL events with `type` "step_start",
+  "text" (`part.text`), "tool_use", "step_finish" (`part.reason`) and "error", each
+  with the `sessionID`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from engine.nanoclaw.protocol import ContainerOutput
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE_CHARS = 16 * 1024 * 1024
+"""Longest stdout line a parser keeps; a longer line becomes an error event."""
+
+MAX_COMMAND_OUTPUT_CHARS = 10 * 1024 * 1024
+"""Largest stdout of the `command` runtime (NanoClaw's own output limit, 10 MiB)."""
+
+# Runs the CLI with stdin read from the prompt file. The script text is fixed: the
+# prompt file and the CLI's argv arrive as positional parameters, never as shell code.
+_STDIN_FROM_FILE_SCRIPT = 'prompt_file=$1; shift; exec "$@" <"$prompt_file"'
+
+
+class EventKind(StrEnum):
+    RESULT = "result"
+    SESSION = "session"
+    ERROR = "error"
+
+
+class ErrorKind(StrEnum):
+    AGENT = "agent"
+    """The agent reported an error, or exited without a result."""
+    AUTH = "auth"
+    """The API rejected the credentials, or none were given."""
+    NETWORK = "network"
+    """The API could not be reached."""
+    STALE_SESSION = "stale_session"
+    """The session id to resume does not exist; retry once with a new session."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One thing the agent reported: a result, a session id, or an error."""
+
+    kind: EventKind
+    text: str | None = None
+    """Result text (RESULT; None when the agent ended its turn without text) or
+    error message (ERROR)."""
+    session_id: str | None = None
+    error_kind: ErrorKind | None = None
+
+    @classmethod
+    def result(cls, text: str | None) -> AgentEvent:
+        return cls(EventKind.RESULT, text=text)
+
+    @classmethod
+    def session(cls, session_id: str) -> AgentEvent:
+        return cls(EventKind.SESSION, session_id=session_id)
+
+    @classmethod
+    def error(cls, message: str, error_kind: ErrorKind = ErrorKind.AGENT) -> AgentEvent:
+        return cls(EventKind.ERROR, text=message, error_kind=error_kind)
+
+
+def to_container_output(event: AgentEvent, session_id: str | None) -> ContainerOutput:
+    """Turn a RESULT or ERROR event into the output that NanoClaw reads.
+
+    `session_id` is the latest session id the parser reported, if any.
+    """
+    if event.kind is EventKind.RESULT:
+        return ContainerOutput(
+            status="success", result=event.text, new_session_id=session_id
+        )
+    if event.kind is EventKind.ERROR:
+        return ContainerOutput(
+            status="error", result=None, new_session_id=session_id, error=event.text
+        )
+    raise ValueError(
+        f"a {event.kind} event has no NanoClaw output; pass RESULT or ERROR"
+    )
+
+
+# Phrases in the CLIs' error messages. Matched case-insensitively.
+_AUTH_PATTERNS = re.compile(
+    r"invalid api key|invalid x-api-key|authentication_error|authentication failed"
+    r"|unauthorized|\b401\b|not logged in|please run /login|missing api key"
+    r"|api key not (?:found|set)|no api key|incorrect api key|invalid_api_key"
+    r"|providerautherror|credit balance is too low",
+    re.IGNORECASE,
+)
+_NETWORK_PATTERNS = re.compile(
+    r"unable to connect|connection ?refused|connection error|econnrefused|enotfound"
+    r"|eai_again|getaddrinfo|dns error|failed to lookup address|network is unreachable"
+    r"|error sending request|stream disconnected|fetch failed|timed out",
+    re.IGNORECASE,
+)
+
+
+def classify_error(message: str) -> ErrorKind:
+    """Guess what kind of failure an agent's error message describes."""
+    if _AUTH_PATTERNS.search(message):
+        return ErrorKind.AUTH
+    if _NETWORK_PATTERNS.search(message):
+        return ErrorKind.NETWORK
+    return ErrorKind.AGENT
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCommand:
+    """How to start an agent in the machine: its argv and the file for its stdin."""
+
+    argv: tuple[str, ...]
+    prompt_file: str
+
+    def shell_argv(self, shell: str = "/bin/sh") -> list[str]:
+        """Return one argv that runs `argv` with stdin redirected from the file.
+
+        For backends that start a process without their own stdin redirection.
+        """
+        return [
+            shell,
+            "-c",
+            _STDIN_FROM_FILE_SCRIPT,
+            "sh",
+            self.prompt_file,
+            *self.argv,
+        ]
+
+
+class OutputParser(ABC):
+    """Turns an agent's stdout into events, one line at a time.
+
+    Feed complete lines with `feed_line` or raw chunks with `feed`; call `finish`
+    once the process has exited. Every call returns the events that became
+    complete, in order.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self.session_id: str | None = None
+        """The latest session id reported by the agent."""
+        self.results = 0
+        self.errors: list[AgentEvent] = []
+
+    @property
+    def stale_session(self) -> bool:
+        """True if the agent said the session to resume does not exist."""
+        return any(e.error_kind is ErrorKind.STALE_SESSION for e in self.errors)
+
+    def feed(self, chunk: str) -> list[AgentEvent]:
+        """Take a chunk of stdout, which may end in the middle of a line."""
+        self._pending += chunk
+        events: list[AgentEvent] = []
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            events += self.feed_line(line)
+        if len(self._pending) > MAX_LINE_CHARS:
+            self._pending = ""
+            events += self._track(
+                [
+                    AgentEvent.error(
+                        f"agent wrote a line longer than {MAX_LINE_CHARS} characters"
+                    )
+                ]
+            )
+        return events
+
+    def feed_line(self, line: str) -> list[AgentEvent]:
+        """Take one line of stdout, without or with its line ending."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return []
+        return self._track(self._parse_line(line))
+
+    def finish(self, exit_code: int, stderr: str = "") -> list[AgentEvent]:
+        """Take the exit status and the end of stderr; return the closing events.
+
+        When the agent produced neither a result nor an error, this returns one
+        error that quotes the end of stderr.
+        """
+        events: list[AgentEvent] = []
+        if self._pending:
+            events += self.feed_line(self._pending)
+            self._pending = ""
+        events += self._track(self._finish(exit_code, stderr))
+        if not self.results and not self.errors:
+            events += self._track([_exit_error(self.name, exit_code, stderr)])
+        return events
+
+    name: ClassVar[str] = "agent"
+
+    @abstractmethod
+    def _parse_line(self, line: str) -> list[AgentEvent]: ...
+
+    def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
+        return []
+
+    def _track(self, events: list[AgentEvent]) -> list[AgentEvent]:
+        kept = []
+        for event in events:
+            if event.kind is EventKind.SESSION:
+                if event.session_id == self.session_id:
+                    continue
+                self.session_id = event.session_id
+            elif event.kind is EventKind.RESULT:
+                self.results += 1
+            else:
+                self.errors.append(event)
+            kept.append(event)
+        return kept
+
+
+def _exit_error(name: str, exit_code: int, stderr: str) -> AgentEvent:
+    tail = _tail(stderr)
+    message = f"{name} exited with code {exit_code} without a result"
+    if tail:
+        message += f": {tail}"
+    return AgentEvent.error(message, classify_error(tail))
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _load_json_object(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class AgentRuntime(ABC):
+    """An agent CLI: how to start it and how to read its output."""
+
+    name: ClassVar[str]
+    supports_sessions: ClassVar[bool] = True
+
+    @abstractmethod
+    def argv(self, session_id: str | None = None) -> list[str]:
+        """Return the CLI's argv; it reads the prompt from stdin."""
+
+    @abstractmethod
+    def parser(self) -> OutputParser:
+        """Return a new parser for one run's stdout."""
+
+    def command(self, prompt_file: str, session_id: str | None = None) -> AgentCommand:
+        """Return the command that runs the agent with stdin from `prompt_file`."""
+        return AgentCommand(tuple(self.argv(session_id)), prompt_file)
+
+
+# --- Claude Code -----------------------------------------------------------------
+
+_CLAUDE_STALE = re.compile(r"no conversation found with session id", re.IGNORECASE)
+
+
+class ClaudeParser(OutputParser):
+    name = "claude"
+
+    def _parse_line(self, line: str) -> list[AgentEvent]:
+        event = _load_json_object(line)
+        if event is None:
+            return self._plain_line(line)
+        events: list[AgentEvent] = []
+        session_id = event.get("session_id")
+        if isinstance(session_id, str) and session_id:
+            events.append(AgentEvent.session(session_id))
+        if event.get("type") == "result":
+            events.append(self._result(event))
+        return events
+
+    def _result(self, event: dict[str, Any]) -> AgentEvent:
+        result = event.get("result")
+        text = result if isinstance(result, str) else None
+        if not event.get("is_error") and event.get("subtype", "success") == "success":
+            return AgentEvent.result(text)
+        errors = event.get("errors")
+        details = [str(e) for e in errors] if isinstance(errors, list) else []
+        message = "; ".join(filter(None, [text, *details])) or (
+            f"claude reported {event.get('subtype') or 'an error'}"
+        )
+        return AgentEvent.error(message, _claude_error_kind(message))
+
+    def _plain_line(self, line: str) -> list[AgentEvent]:
+        # Some failures are printed as plain text, e.g. a resume of a session that
+        # does not exist in `--output-format json` mode.
+        if _CLAUDE_STALE.search(line):
+            return [AgentEvent.error(line.strip(), ErrorKind.STALE_SESSION)]
+        logger.debug("claude printed a non-JSON line", extra={"action": "agent_line"})
+        return []
+
+    def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
+        if self.results or self.errors:
+            return []
+        if _CLAUDE_STALE.search(stderr):
+            return [AgentEvent.error(_tail(stderr), ErrorKind.STALE_SESSION)]
+        return []
+
+
+def _claude_error_kind(message: str) -> ErrorKind:
+    if _CLAUDE_STALE.search(message):
+        return ErrorKind.STALE_SESSION
+    return classify_error(message)
+
+
+@dataclass(frozen=True)
+class ClaudeRuntime(AgentRuntime):
+    """Claude Code in print mode with streamed JSON output."""
+
+    name: ClassVar[str] = "claude"
+    model: str | None = None
+    skip_permissions: bool = True
+    """Let the agent use every tool without asking, as NanoClaw does; the machine is
+    the sandbox. Claude Code refuses this flag when it runs as root."""
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+    def argv(self, session_id: str | None = None) -> list[str]:
+        argv = ["claude", "-p", "--output-format", "stream-json", "--verbose"]
+        if self.skip_permissions:
+            argv.append("--dangerously-skip-permissions")
+        if self.model:
+            argv += ["--model", self.model]
+        if session_id:
+            argv += ["--resume", session_id]
+        return [*argv, *self.extra_args]
+
+    def parser(self) -> OutputParser:
+        return ClaudeParser()
+
+
+# --- Codex -----------------------------------------------------------------------
+
+_CODEX_STALE = re.compile(
+    r"no (?:rollout|session|thread|conversation) found|thread not found"
+    r"|session not found",
+    re.IGNORECASE,
+)
+
+
+class CodexParser(OutputParser):
+    name = "codex"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_message: str | None = None
+        self._last_error: str | None = None
+
+    def _parse_line(self, line: str) -> list[AgentEvent]:
+        event = _load_json_object(line)
+        if event is None:
+            return self._plain_line(line)
+        kind = event.get("type")
+        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
+            return [AgentEvent.session(event["thread_id"])]
+        if kind == "item.completed":
+            item = event.get("item") or {}
+            if item.get("type") == "agent_message" and isinstance(
+                item.get("text"), str
+            ):
+                self._last_message = item["text"]
+            return []
+        if kind == "turn.completed":
+            text, self._last_message = self._last_message, None
+            return [AgentEvent.result(text)]
+        if kind == "turn.failed":
+            error = event.get("error") or {}
+            message = str(error.get("message") or self._last_error or "turn failed")
+            return [AgentEvent.error(message, _codex_error_kind(message))]
+        if kind == "error":
+            # Codex also reports retries ("Reconnecting... 2/5") this way; the
+            # final word is turn.failed, or the exit status.
+            self._last_error = str(event.get("message") or "")
+        return []
+
+    def _plain_line(self, line: str) -> list[AgentEvent]:
+        if _CODEX_STALE.search(line):
+            return [AgentEvent.error(line.strip(), ErrorKind.STALE_SESSION)]
+        return []
+
+    def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
+        if self.results or self.errors:
+            return []
+        if _CODEX_STALE.search(stderr):
+            return [AgentEvent.error(_tail(stderr), ErrorKind.STALE_SESSION)]
+        if self._last_error:
+            return [
+                AgentEvent.error(self._last_error, _codex_error_kind(self._last_error))
+            ]
+        return []
+
+
+def _codex_error_kind(message: str) -> ErrorKind:
+    if _CODEX_STALE.search(message):
+        return ErrorKind.STALE_SESSION
+    return classify_error(message)
+
+
+@dataclass(frozen=True)
+class CodexRuntime(AgentRuntime):
+    """Codex CLI `exec` mode with JSONL events; the prompt is read from stdin (`-`)."""
+
+    name: ClassVar[str] = "codex"
+    model: str | None = None
+    bypass_sandbox: bool = True
+    """Skip Codex's own sandbox and approvals; the machine is the sandbox."""
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+    def argv(self, session_id: str | None = None) -> list[str]:
+        argv = ["codex", "exec", "--json", "--skip-git-repo-check"]
+        if self.bypass_sandbox:
+            argv.append("--dangerously-bypass-approvals-and-sandbox")
+        if self.model:
+            argv += ["--model", self.model]
+        argv += self.extra_args
+        if session_id:
+            argv += ["resume", session_id]
+        return [*argv, "-"]
+
+    def parser(self) -> OutputParser:
+        return CodexParser()
+
+
+# --- OpenCode --------------------------------------------------------------------
+
+_OPENCODE_STALE = re.compile(r"session not found", re.IGNORECASE)
+# step_finish reasons that mean the model will go on after tool calls.
+_OPENCODE_CONTINUE_REASONS = frozenset({"tool-calls", "tool_calls", "tool_use"})
+
+
+class OpenCodeParser(OutputParser):
+    name = "opencode"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._texts: list[str] = []
+
+    def _parse_line(self, line: str) -> list[AgentEvent]:
+        event = _load_json_object(line)
+        if event is None:
+            return self._plain_line(line)
+        events: list[AgentEvent] = []
+        session_id = event.get("sessionID")
+        if isinstance(session_id, str) and session_id:
+            events.append(AgentEvent.session(session_id))
+        part = event.get("part") if isinstance(event.get("part"), dict) else {}
+        kind = event.get("type")
+        if kind == "step_start":
+            self._texts = []
+        elif kind == "text" and isinstance(part.get("text"), str):
+            self._texts.append(part["text"])
+        elif kind == "step_finish":
+            if part.get("reason") not in _OPENCODE_CONTINUE_REASONS:
+                events.append(self._take_result())
+        elif kind == "error":
+            events.append(_opencode_error(event.get("error")))
+        return events
+
+    def _take_result(self) -> AgentEvent:
+        text = "\n\n".join(t for t in self._texts if t.strip()) or None
+        self._texts = []
+        return AgentEvent.result(text)
+
+    def _plain_line(self, line: str) -> list[AgentEvent]:
+        if _OPENCODE_STALE.search(line):
+            return [AgentEvent.error(line.strip(), ErrorKind.STALE_SESSION)]
+        return []
+
+    def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
+        if self._texts:
+            return [self._take_result()]
+        if self.results or self.errors:
+            return []
+        if _OPENCODE_STALE.search(stderr):
+            return [AgentEvent.error(_tail(stderr), ErrorKind.STALE_SESSION)]
+        return []
+
+
+def _opencode_error(error: Any) -> AgentEvent:
+    if not isinstance(error, dict):
+        return AgentEvent.error("opencode reported an error")
+    name = str(error.get("name") or "Error")
+    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    message = str(data.get("message") or name)
+    if name == "ProviderAuthError":
+        return AgentEvent.error(message, ErrorKind.AUTH)
+    return AgentEvent.error(message, classify_error(f"{name}: {message}"))
+
+
+@dataclass(frozen=True)
+class OpenCodeRuntime(AgentRuntime):
+    """OpenCode `run` with raw JSON events; the prompt is read from stdin."""
+
+    name: ClassVar[str] = "opencode"
+    model: str | None = None
+    """Model as provider/model, e.g. "anthropic/claude-sonnet-4-5"."""
+    extra_args: Sequence[str] = field(default_factory=tuple)
+
+    def argv(self, session_id: str | None = None) -> list[str]:
+        argv = ["opencode", "run", "--format", "json"]
+        if self.model:
+            argv += ["--model", self.model]
+        if session_id:
+            argv += ["--session", session_id]
+        return [*argv, *self.extra_args]
+
+    def parser(self) -> OutputParser:
+        return OpenCodeParser()
+
+
+# --- Any command -----------------------------------------------------------------
+
+
+class CommandParser(OutputParser):
+    """Collects the whole stdout; it becomes one result if the command exits 0."""
+
+    name = "command"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[str] = []
+        self._size = 0
+        self._overflow = False
+
+    def feed(self, chunk: str) -> list[AgentEvent]:
+        self._append(chunk)
+        return []
+
+    def feed_line(self, line: str) -> list[AgentEvent]:
+        self._append(line if line.endswith("\n") else line + "\n")
+        return []
+
+    def _append(self, text: str) -> None:
+        self._size += len(text)
+        if self._size > MAX_COMMAND_OUTPUT_CHARS:
+            self._overflow = True
+        else:
+            self._chunks.append(text)
+
+    def _parse_line(self, line: str) -> list[AgentEvent]:
+        return []
+
+    def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
+        if exit_code != 0:
+            return [_exit_error("command", exit_code, stderr)]
+        if self._overflow:
+            return [
+                AgentEvent.error(
+                    f"command wrote {self._size} characters to stdout, over the limit "
+                    f"of {MAX_COMMAND_OUTPUT_CHARS}"
+                )
+            ]
+        text = "".join(self._chunks).rstrip("\n")
+        return [AgentEvent.result(text or None)]
+
+
+@dataclass(frozen=True)
+class CommandRuntime(AgentRuntime):
+    """Any program: the prompt on stdin, its whole stdout is the result."""
+
+    name: ClassVar[str] = "command"
+    supports_sessions: ClassVar[bool] = False
+    command_argv: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if not self.command_argv or not all(
+            isinstance(arg, str) for arg in self.command_argv
+        ):
+            raise ValueError(
+                "CommandRuntime needs a non-empty argv of strings, e.g. ['cat']"
+            )
+
+    def argv(self, session_id: str | None = None) -> list[str]:
+        if session_id:
+            logger.debug(
+                "command runtime ignores the session id",
+                extra={"action": "session_ignored"},
+            )
+        return list(self.command_argv)
+
+    def parser(self) -> OutputParser:
+        return CommandParser()
+
+
+RUNTIMES: dict[str, type[AgentRuntime]] = {
+    "claude": ClaudeRuntime,
+    "codex": CodexRuntime,
+    "opencode": OpenCodeRuntime,
+    "command": CommandRuntime,
+}

@@ -1,0 +1,144 @@
+"""Immutable records: what a caller requests, and what the store returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from engine.states import State
+
+# Environment variable names that may be handed to the agent.
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class ExecutionRequest(BaseModel):
+    """One agent invocation to run in a fresh machine.
+
+    `stdin` is data: the backend writes it to a file that becomes the command's
+    standard input. `secrets` reach the agent's environment inside the machine
+    and are never stored, logged or traced.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command: list[str] = Field(min_length=1)
+    backend: str | None = None
+    image: str | None = None
+    upload_dir: Path | None = None
+    stdin: bytes | None = None
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    group: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, gt=0)
+    memory: str | None = Field(default=None, pattern=r"^[0-9]+[bkmgBKMG]?$")
+    network: str | None = None
+    # Extra guest paths, relative to the run bundle, to copy back when collecting.
+    collect_paths: tuple[str, ...] = ()
+    resume_policy: Literal["fail", "rerun"] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: list[str]) -> list[str]:
+        if not value[0]:
+            raise ValueError("the command name is empty")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in value:
+            if not re.match(_ENV_NAME, name):
+                raise ValueError(f"secret name {name!r} is not a valid variable name")
+        return value
+
+    def stored_form(self) -> dict[str, Any]:
+        """Return the request as stored in the database: no stdin, no secret values."""
+        data = self.model_dump(mode="json", exclude={"stdin", "secrets"})
+        data["secret_names"] = sorted(self.secrets)
+        data["stdin_bytes"] = len(self.stdin) if self.stdin is not None else None
+        return data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    execution_id: str
+    seq: int
+    from_state: str | None
+    to_state: str
+    trigger: str
+    at: datetime
+    # Seconds spent in `from_state`; None for the first row.
+    duration: float | None
+    attempt: int
+    worker: str | None
+    details: dict[str, Any] | None
+    span_id: str | None
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["at"] = self.at.isoformat()
+        return data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    id: str
+    install_id: str
+    state: State
+    backend: str
+    group: str | None
+    request: dict[str, Any]
+    resource_name: str | None
+    resource_details: dict[str, Any]
+    address: str | None
+    exit_code: int | None
+    failed_state: str | None
+    error_type: str | None
+    error_message: str | None
+    leaked: bool
+    run_dir: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    owner: str | None
+    lease_expires_at: datetime | None
+    lease_token: int
+    attempt: int
+    cancel_requested_at: datetime | None
+    trace_id: str | None
+    root_span_id: str | None
+    transitions: tuple[TransitionRecord, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "transitions"
+        }
+        data["state"] = self.state.value
+        data["error"] = (
+            {"type": self.error_type, "message": self.error_message}
+            if self.error_type
+            else None
+        )
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+        data["transitions"] = [row.as_dict() for row in self.transitions]
+        return data
+
+    def with_transitions(
+        self, transitions: tuple[TransitionRecord, ...]
+    ) -> ExecutionRecord:
+        return dataclasses.replace(self, transitions=transitions)

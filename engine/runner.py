@@ -1,0 +1,434 @@
+"""The runner: drives one execution through its states with a backend.
+
+Each transition is committed (with the lease token) in the state machine's
+`before_state_change` callback, so a state is stored before its step starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backends.base import AgentState, AgentStatus, Backend, Machine, MachineSpec
+from engine.bundle import DEFAULT_COLLECT_PATHS, Bundle
+from engine.exceptions import (
+    AgentLostError,
+    CommandNotFoundError,
+    EngineError,
+    IllegalTransitionError,
+    LeaseLostError,
+    RunCancelledError,
+    StepTimeoutError,
+)
+from engine.observers import RunObserver
+from engine.records import TransitionRecord
+from engine.states import SUCCESS_TRIGGERS, State, allowed_triggers
+from engine.store import Store, utcnow
+from engine.store.chain import transition_hash
+
+logger = logging.getLogger(__name__)
+
+
+class RunContext:
+    """What a run needs from its engine: settings-derived limits and shared parts."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backend: Backend,
+        worker: str,
+        step_timeout: float,
+        delete_timeout: float,
+        observers: Sequence[RunObserver] = (),
+    ):
+        self.store = store
+        self.backend = backend
+        self.worker = worker
+        self.step_timeout = step_timeout
+        self.delete_timeout = delete_timeout
+        self.observers = observers
+
+
+class Run:
+    """One execution in flight: the state machine's model and the step driver."""
+
+    state: str  # managed by the shared AsyncMachine
+
+    def __init__(
+        self,
+        context: RunContext,
+        *,
+        execution_id: str,
+        spec: MachineSpec,
+        command: list[str],
+        bundle: Bundle,
+        run_dir: Path,
+        token: int,
+        attempt: int,
+        seq: int,
+        last_hash: str,
+        entered_at: datetime,
+        deadline: float,
+        collect_paths: tuple[str, ...] = (),
+        machine: Machine | None = None,
+        trace_id: str | None = None,
+        root_span_id: str | None = None,
+    ):
+        self.context = context
+        self.execution_id = execution_id
+        self.spec = spec
+        self.command = command
+        self.bundle = bundle
+        self.run_dir = run_dir
+        self.token = token
+        self.attempt = attempt
+        self.seq = seq
+        self.last_hash = last_hash
+        self.entered_at = entered_at
+        self.deadline = deadline
+        self.collect_paths = DEFAULT_COLLECT_PATHS + tuple(collect_paths)
+        self.machine = machine
+        self.trace_id = trace_id
+        self.root_span_id = root_span_id
+        self.exit_code: int | None = None
+        self.error_type: str | None = None
+        self.error_message: str | None = None
+        self.failed_state: str | None = None
+        self.leaked = False
+        self.output_offsets = [0, 0]
+        self.cancel_requested = asyncio.Event()
+        self.resume_policy = "fail"
+
+    # -- identity used by observers -----------------------------------------
+
+    @property
+    def backend_name(self) -> str:
+        return self.context.backend.name
+
+    @property
+    def resource_name(self) -> str:
+        return self.spec.name
+
+    # -- state machine callbacks -------------------------------------------
+
+    def has_error(self, event: Any) -> bool:
+        return self.error_type is not None
+
+    async def record_transition(self, event: Any) -> None:
+        """Commit the transition that `event` is making, before the state changes."""
+        now = utcnow()
+        source = event.transition.source
+        dest = event.transition.dest
+        details = event.kwargs.get("details")
+        span_id = secrets.token_hex(8)
+        seq = self.seq + 1
+        duration = (now - self.entered_at).total_seconds()
+        digest = transition_hash(
+            self.last_hash,
+            execution_id=self.execution_id,
+            seq=seq,
+            from_state=source,
+            to_state=dest,
+            trigger=event.event.name,
+            at=now,
+            duration=duration,
+            attempt=self.attempt,
+            worker=self.context.worker,
+            details=details,
+            span_id=span_id,
+        )
+        row = TransitionRecord(
+            execution_id=self.execution_id,
+            seq=seq,
+            from_state=source,
+            to_state=dest,
+            trigger=event.event.name,
+            at=now,
+            duration=duration,
+            attempt=self.attempt,
+            worker=self.context.worker,
+            details=details,
+            span_id=span_id,
+            hash=digest,
+        )
+        changes = self._changes_for(State(dest), event.kwargs.get("changes") or {})
+        if State(dest).is_terminal:
+            changes["finished_at"] = now
+        self.context.store.record_transition(
+            self.execution_id, self.token, row, changes
+        )
+        self.seq = seq
+        self.last_hash = digest
+        self.entered_at = now
+        self._notify("on_transition", row)
+
+    def _changes_for(self, dest: State, extra: dict[str, Any]) -> dict[str, Any]:
+        changes = dict(extra)
+        if self.error_type is not None:
+            changes.update(
+                error_type=self.error_type,
+                error_message=self.error_message,
+                failed_state=self.failed_state,
+            )
+        if self.exit_code is not None:
+            changes["exit_code"] = self.exit_code
+        if dest.is_terminal:
+            changes["leaked"] = self.leaked
+        if self.machine is not None:
+            changes["resource_details"] = self.machine.details
+            changes["address"] = self.machine.address
+        return changes
+
+    async def fire(self, trigger: str, **kwargs: Any) -> None:
+        """Fire `trigger`, raising IllegalTransitionError if the state forbids it."""
+        allowed = allowed_triggers(self.state)
+        if trigger not in allowed:
+            raise IllegalTransitionError(
+                self.execution_id, self.state, trigger, allowed
+            )
+        await getattr(self, trigger)(**kwargs)
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for observer in self.context.observers:
+            try:
+                getattr(observer, hook)(self, *args)
+            except Exception:
+                logger.exception(
+                    "observer failed",
+                    extra={
+                        "action": "observer_error",
+                        "execution_id": self.execution_id,
+                    },
+                )
+
+    # -- driving -------------------------------------------------------------
+
+    async def drive(self, slot: asyncio.Semaphore | None = None) -> None:
+        """Run the remaining steps until the execution is done or failed."""
+        steps: dict[State, Callable[[], Awaitable[None]]] = {
+            State.CLONING: self._clone,
+            State.BOOTING: self._boot,
+            State.IP_READY: self._wait_ready,
+            State.UPLOADING: self._upload,
+            State.EXECUTING: self._execute,
+            State.COLLECTING: self._collect,
+        }
+        while not State(self.state).is_terminal:
+            state = State(self.state)
+            if state is State.REQUESTED:
+                await self._claim(slot)
+            elif state is State.DELETING:
+                await self._delete()
+            else:
+                await self._run_step(state, steps[state])
+
+    async def _claim(self, slot: asyncio.Semaphore | None) -> None:
+        if self.cancel_requested.is_set():
+            await self._fail(State.REQUESTED, RunCancelledError(), "cancelled")
+            return
+        if time.monotonic() > self.deadline:
+            error = StepTimeoutError("the run timed out while waiting for a slot")
+            await self._fail(State.REQUESTED, error, "timed_out")
+            return
+        await self.fire("claimed", changes={"resource_name": self.spec.name})
+
+    async def _run_step(
+        self, state: State, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        try:
+            await self._guarded(state, step())
+        except LeaseLostError:
+            raise
+        except RunCancelledError as exc:
+            await self._fail(state, exc, "cancelled")
+        except StepTimeoutError as exc:
+            await self._fail(state, exc, "timed_out")
+        except EngineError as exc:
+            await self._fail(state, exc, "step_failed")
+        except Exception as exc:
+            logger.exception(
+                "step raised an unexpected error",
+                extra={"action": "step_error", "execution_id": self.execution_id},
+            )
+            error = EngineError(f"{type(exc).__name__}: {exc}")
+            error.error_type = "internal_error"
+            await self._fail(state, error, "step_failed")
+        else:
+            await self.fire(SUCCESS_TRIGGERS[state])
+
+    async def _guarded(self, state: State, step: Awaitable[None]) -> None:
+        """Await `step`, stopping it on the step or run timeout or on cancel."""
+        remaining = self.deadline - time.monotonic()
+        limit = (
+            remaining
+            if state is State.EXECUTING
+            else min(self.context.step_timeout, remaining)
+        )
+        task = asyncio.ensure_future(step)
+        cancel = asyncio.ensure_future(self.cancel_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, cancel}, timeout=max(limit, 0), return_when="FIRST_COMPLETED"
+            )
+        finally:
+            cancel.cancel()
+            if not task.done():
+                # Also reached when the drive itself is cancelled: stop the step.
+                task.cancel()
+        if task in done:
+            task.result()
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if cancel in done:
+            raise RunCancelledError("the run was cancelled on request")
+        if limit >= remaining:
+            raise StepTimeoutError(f"the run exceeded its timeout in {state}")
+        raise StepTimeoutError(
+            f"step {state} exceeded its timeout of {self.context.step_timeout:g} s"
+        )
+
+    async def _fail(self, state: State, error: EngineError, trigger: str) -> None:
+        self.error_type = error.error_type
+        self.error_message = str(error)
+        self.failed_state = state.value
+        logger.warning(
+            "step failed: %s",
+            error,
+            extra={
+                "action": "step_failed",
+                "execution_id": self.execution_id,
+                "state": state.value,
+                "error_type": error.error_type,
+            },
+        )
+        details = {"error_type": error.error_type}
+        await self.fire(trigger, details=details)
+
+    # -- steps -----------------------------------------------------------------
+
+    async def _clone(self) -> None:
+        self.machine = await self.context.backend.create(self.spec)
+        self.context.store.record_resource(
+            self.backend_name, self.spec.name, self.execution_id, self.machine.details
+        )
+
+    def _current_machine(self) -> Machine:
+        if self.machine is None:
+            self.machine = Machine(self.spec.name, self.spec)
+        return self.machine
+
+    async def _boot(self) -> None:
+        self.machine = await self.context.backend.start(self._current_machine())
+
+    async def _wait_ready(self) -> None:
+        limit = min(self.context.step_timeout, self.deadline - time.monotonic())
+        self.machine = await self.context.backend.wait_ready(
+            self._current_machine(), limit
+        )
+
+    async def _upload(self) -> None:
+        await self.context.backend.upload(self._current_machine(), self.bundle)
+
+    async def _execute(self) -> None:
+        backend = self.context.backend
+        machine = self._current_machine()
+        status = await self._reattach(machine)
+        if status is None:
+            self.machine = await backend.start_agent(machine, self.command)
+            self.context.store.update_execution(
+                self.execution_id, self.token, resource_details=self.machine.details
+            )
+        offsets = (self.output_offsets[0], self.output_offsets[1])
+        status = await backend.wait_agent(
+            self._current_machine(), self._on_output, offsets
+        )
+        if status.start_error and status.exit_code == 127:
+            raise CommandNotFoundError(
+                f"{status.start_error.strip()} in {machine.name}: check the command "
+                "after `--` and the image",
+                backend=self.backend_name,
+                execution_id=self.execution_id,
+                resource=machine.name,
+            )
+        self.exit_code = status.exit_code
+
+    async def _reattach(self, machine: Machine) -> AgentStatus | None:
+        """Return the agent's status if an earlier attempt started it, else None.
+
+        A resumed run whose agent was started but is gone follows the resume
+        policy: `fail` raises AgentLostError, `rerun` starts the agent again.
+        """
+        if self.attempt == 1:
+            return None
+        status = await self.context.backend.agent_status(machine)
+        if status.state is not AgentState.MISSING:
+            return status
+        if "agent_started_at" in machine.details and self.resume_policy == "fail":
+            raise AgentLostError(
+                f"the agent in {machine.name} was started by an earlier attempt and "
+                "is gone without an exit status; the resume policy is `fail` "
+                "(set resume_policy=rerun to start it again)",
+                backend=self.backend_name,
+                execution_id=self.execution_id,
+                resource=machine.name,
+            )
+        return None
+
+    async def _on_output(self, stream: str, data: bytes) -> None:
+        self.output_offsets[0 if stream == "stdout" else 1] += len(data)
+        self._notify("on_output", stream, data)
+
+    async def _collect(self) -> None:
+        await self.context.backend.collect(
+            self._current_machine(), self.collect_paths, self.run_dir
+        )
+        self._deliver_remaining_output()
+
+    def _deliver_remaining_output(self) -> None:
+        """Pass on output that the agent wrote after the last streamed chunk."""
+        for index, stream in enumerate(("stdout", "stderr")):
+            path = self.run_dir / "result" / stream
+            if not path.is_file():
+                continue
+            with path.open("rb") as handle:
+                handle.seek(self.output_offsets[index])
+                rest = handle.read()
+            if rest:
+                self.output_offsets[index] += len(rest)
+                self._notify("on_output", stream, rest)
+
+    async def _delete(self) -> None:
+        machine = self._current_machine()
+        try:
+            await asyncio.wait_for(
+                self.context.backend.delete(machine), self.context.delete_timeout
+            )
+        except (EngineError, TimeoutError) as exc:
+            self.leaked = True
+            if self.error_type is None:
+                self.error_type = getattr(exc, "error_type", "timeout")
+                self.error_message = str(exc) or "deleting the machine timed out"
+                self.failed_state = State.DELETING.value
+            logger.error(
+                "machine could not be deleted and is leaked: %s",
+                exc,
+                extra={
+                    "action": "delete_failed",
+                    "execution_id": self.execution_id,
+                    "resource": machine.name,
+                },
+            )
+            await self.fire("delete_failed", details={"leaked": True})
+            return
+        self.context.store.mark_resource_deleted(self.backend_name, machine.name)
+        await self.fire("deleted")

@@ -1,0 +1,94 @@
+"""Settings read from the environment and from `.env` in the working directory.
+
+Names follow the NanoClaw integration where one existed (`CONTAINER_RUNTIME`,
+`TART_*`); the engine's own settings start with `ENGINE_`. Durations are seconds
+unless the name says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.exceptions import UsageError
+
+
+def default_data_dir() -> Path:
+    """Return `$XDG_DATA_HOME/engine`, or `~/.local/share/engine`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "engine"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    engine_data_dir: Path = Field(default_factory=default_data_dir)
+    # Default: SQLite at ENGINE_DATA_DIR/engine.db.
+    engine_database_url: str | None = None
+
+    # Backend: auto, docker, tart, apple-container, or instant (benchmarks only).
+    container_runtime: str = "auto"
+
+    engine_step_timeout: float = Field(default=300.0, gt=0)
+    engine_run_timeout: float = Field(default=3600.0, gt=0)
+    engine_delete_timeout: float = Field(default=120.0, gt=0)
+    engine_max_concurrent_runs: int = Field(default=16, ge=1)
+
+    # Leases: a worker renews its runs every ENGINE_LEASE_SECONDS / 3.
+    engine_lease_seconds: float = Field(default=30.0, ge=1)
+
+    # What to do when a resumed run's agent cannot be found: fail or rerun.
+    engine_resume_policy: Literal["fail", "rerun"] = "fail"
+
+    engine_docker_image: str = "engine-base:latest"
+    engine_docker_network: str = "none"
+    engine_cpus: float | None = Field(default=None, gt=0)
+    engine_memory: str | None = Field(default=None, pattern=r"^[0-9]+[bkmgBKMG]?$")
+
+    tart_base_image: str = "tart_nanoclaw_base"
+    tart_vm_username: str = "admin"
+    tart_vm_password: SecretStr | None = None
+    tart_ssh_key: Path | None = None
+    # Seconds; values above 1000 are read as milliseconds, as NanoClaw gave them.
+    tart_ssh_timeout: float = Field(default=60.0, gt=0)
+    tart_max_vms: int = Field(default=2, ge=1)
+
+    agent_runtime: str = "command"
+
+    @field_validator("tart_ssh_timeout")
+    @classmethod
+    def _milliseconds_to_seconds(cls, value: float) -> float:
+        # NanoClaw's TART_SSH_TIMEOUT=60000 meant 60 s; no SSH wait is 1000 s long.
+        return value / 1000 if value > 1000 else value
+
+    @property
+    def database_url(self) -> str:
+        if self.engine_database_url:
+            return self.engine_database_url
+        return f"sqlite:///{self.engine_data_dir / 'engine.db'}"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.engine_data_dir / "runs"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into a one-line `UsageError`."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise UsageError(
+            f"invalid setting {name}={first.get('input')!r}: {first['msg']} "
+            "(check the environment and .env)"
+        ) from exc

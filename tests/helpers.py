@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,3 +36,49 @@ async def instant_engine(tmp_path: Path, backend: InstantBackend | None = None, 
         yield engine
     finally:
         await engine.aclose()
+
+
+def engine_command() -> list[str]:
+    """Return the argv of the installed `engine` console script."""
+    script = Path(sys.executable).parent / "engine"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "engine.cli.main"]
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str],
+    input: bytes | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the engine CLI as a subprocess with `env` added to this environment."""
+    return subprocess.run(
+        [*engine_command(), *args],
+        env={**os.environ, **env},
+        input=input,
+        capture_output=True,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def containers_of(execution_id: str) -> list[str]:
+    """Return the names of all containers, running or not, labelled with the run."""
+    result = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "--all",
+            "--filter",
+            f"label=engine.execution={execution_id}",
+            "--format",
+            "{{.Names}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.split()

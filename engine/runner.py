@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class RunContext:
-    """What a run needs from its engine: settings-derived limits and shared parts."""
+    """The parts a run shares with its engine: store, backend, worker and time limits."""
 
     def __init__(
         self,
@@ -221,16 +221,24 @@ class Run:
             State.EXECUTING: self._execute,
             State.COLLECTING: self._collect,
         }
-        while not State(self.state).is_terminal:
-            state = State(self.state)
-            if state is State.REQUESTED:
-                await self._claim(slot)
-            elif state is State.DELETING:
-                await self._delete()
-            else:
-                await self._run_step(state, steps[state])
+        # The run waits for a slot in `requested` (or in its resumed state) and
+        # holds it until it is terminal.
+        if slot is not None:
+            await slot.acquire()
+        try:
+            while not State(self.state).is_terminal:
+                state = State(self.state)
+                if state is State.REQUESTED:
+                    await self._claim()
+                elif state is State.DELETING:
+                    await self._delete()
+                else:
+                    await self._run_step(state, steps[state])
+        finally:
+            if slot is not None:
+                slot.release()
 
-    async def _claim(self, slot: asyncio.Semaphore | None) -> None:
+    async def _claim(self) -> None:
         if self.cancel_requested.is_set():
             await self._fail(State.REQUESTED, RunCancelledError(), "cancelled")
             return

@@ -284,6 +284,10 @@ _CLAUDE_STALE = re.compile(r"no conversation found with session id", re.IGNORECA
 class ClaudeParser(OutputParser):
     name = "claude"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._api_error: str | None = None
+
     def _parse_line(self, line: str) -> list[AgentEvent]:
         event = _load_json_object(line)
         if event is None:
@@ -292,13 +296,19 @@ class ClaudeParser(OutputParser):
         session_id = event.get("session_id")
         if isinstance(session_id, str) and session_id:
             events.append(AgentEvent.session(session_id))
-        if event.get("type") == "result":
+        if event.get("type") == "assistant" and event.get("is_api_error_message"):
+            # A synthetic message that carries the failure class, e.g.
+            # "authentication_failed" while the text says "Not logged in".
+            self._api_error = str(event.get("error") or "")
+        elif event.get("type") == "result":
             events.append(self._result(event))
         return events
 
     def _result(self, event: dict[str, Any]) -> AgentEvent:
         result = event.get("result")
         text = result if isinstance(result, str) else None
+        # Claude Code 2.1 reports API failures as subtype "success" with
+        # is_error true, so both fields are checked.
         if not event.get("is_error") and event.get("subtype", "success") == "success":
             return AgentEvent.result(text)
         errors = event.get("errors")
@@ -306,7 +316,8 @@ class ClaudeParser(OutputParser):
         message = "; ".join(filter(None, [text, *details])) or (
             f"claude reported {event.get('subtype') or 'an error'}"
         )
-        return AgentEvent.error(message, _claude_error_kind(message))
+        api_error = str(event.get("api_error") or self._api_error or "")
+        return AgentEvent.error(message, _claude_error_kind(message, api_error))
 
     def _plain_line(self, line: str) -> list[AgentEvent]:
         # Some failures are printed as plain text, e.g. a resume of a session that
@@ -324,9 +335,13 @@ class ClaudeParser(OutputParser):
         return []
 
 
-def _claude_error_kind(message: str) -> ErrorKind:
+def _claude_error_kind(message: str, api_error: str = "") -> ErrorKind:
     if _CLAUDE_STALE.search(message):
         return ErrorKind.STALE_SESSION
+    if api_error == "authentication_failed":
+        return ErrorKind.AUTH
+    if api_error == "connection_failed":
+        return ErrorKind.NETWORK
     return classify_error(message)
 
 

@@ -13,6 +13,11 @@ def run_argv(root: str, command: list[str]) -> list[str]:
     return ["/bin/sh", f"{root}/run.sh", *command]
 
 
+def start_argv(root: str, command: list[str]) -> list[str]:
+    """Return the argv that starts `command` detached, in its own session."""
+    return ["/bin/sh", f"{root}/start.sh", *command]
+
+
 def follow_argv(root: str, offsets: tuple[int, int]) -> list[str]:
     return ["/bin/sh", f"{root}/follow.sh", str(offsets[0]), str(offsets[1])]
 

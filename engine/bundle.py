@@ -2,8 +2,8 @@
 
 Layout inside the machine, relative to the bundle root (`/engine` on Docker):
 
-    run.sh, follow.sh,  the guest scripts that start, follow and report on
-    status.sh           the agent
+    run.sh, start.sh,   the guest scripts that run, detach, follow and report on
+    follow.sh, status.sh  the agent
     stdin               the command's standard input
     env                 secrets as quoted assignments, mode 0600, removed on start
     work/               the agent's working directory
@@ -32,7 +32,7 @@ from engine.exceptions import UploadError
 # Guest paths copied back to the host after every run.
 DEFAULT_COLLECT_PATHS = ("result", "work/output")
 
-GUEST_SCRIPTS = ("run.sh", "follow.sh", "status.sh")
+GUEST_SCRIPTS = ("run.sh", "start.sh", "follow.sh", "status.sh")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,8 +152,7 @@ def extract_safely(stream: IO[bytes], destination: Path, strip: int = 0) -> list
             relative = _safe_relative(member.name, strip)
             if relative is None:
                 continue
-            target = destination / relative
-            _reject_symlinked_parents(destination, relative)
+            target = safe_target(destination, relative)
             if member.isdir():
                 target.mkdir(parents=True, exist_ok=True)
             elif member.isfile():
@@ -161,7 +160,7 @@ def extract_safely(stream: IO[bytes], destination: Path, strip: int = 0) -> list
                 source = tar.extractfile(member)
                 if source is None:
                     continue
-                _write_file(target, source, member.mode & 0o755)
+                write_file_safely(target, source, member.mode & 0o755)
             else:
                 continue
             extracted.append(relative.as_posix())
@@ -178,18 +177,26 @@ def _safe_relative(name: str, strip: int) -> PurePosixPath | None:
     return PurePosixPath(*parts)
 
 
-def _reject_symlinked_parents(destination: Path, relative: PurePosixPath) -> None:
+def safe_target(destination: Path, relative: PurePosixPath | str) -> Path:
+    """Return `destination / relative`, raising if the path could escape it.
+
+    Rejects absolute paths, `..` components, and existing symlinks on the way.
+    """
+    path = PurePosixPath(relative)
+    if path.is_absolute() or ".." in path.parts:
+        raise UnsafeArchiveError(f"path {str(relative)!r} escapes the destination")
     current = destination
-    for part in relative.parts[:-1]:
+    for part in path.parts[:-1]:
         current = current / part
         if current.is_symlink():
             raise UnsafeArchiveError(
                 f"{current} is a symlink; refusing to extract through it"
             )
+    return destination.joinpath(*path.parts)
 
 
-def _write_file(target: Path, source: IO[bytes], mode: int) -> None:
-    # Replace whatever is there, a symlink included, instead of writing through it.
+def write_file_safely(target: Path, source: IO[bytes], mode: int) -> None:
+    """Write `source` to `target`, replacing any file or symlink there unfollowed."""
     if target.is_symlink() or target.exists():
         target.unlink()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)

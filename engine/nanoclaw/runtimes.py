@@ -23,69 +23,46 @@ Output formats, checked against the CLIs installed by scripts/build-agent-image.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, ClassVar
 
+from engine.nanoclaw.agent_output import (
+    AgentCommand,
+    AgentEvent,
+    ErrorKind,
+    EventKind,
+    OutputParser,
+    classify_error,
+    exit_error,
+    load_json_object,
+    tail,
+)
 from engine.nanoclaw.protocol import ContainerOutput
+
+__all__ = [
+    "RUNTIMES",
+    "AgentCommand",
+    "AgentEvent",
+    "AgentRuntime",
+    "ClaudeRuntime",
+    "CodexRuntime",
+    "CommandRuntime",
+    "ErrorKind",
+    "EventKind",
+    "OpenCodeRuntime",
+    "OutputParser",
+    "classify_error",
+    "to_container_output",
+]
 
 logger = logging.getLogger(__name__)
 
-MAX_LINE_CHARS = 16 * 1024 * 1024
-"""Longest stdout line a parser keeps; a longer line becomes an error event."""
-
 MAX_COMMAND_OUTPUT_CHARS = 10 * 1024 * 1024
 """Largest stdout of the `command` runtime (NanoClaw's own output limit, 10 MiB)."""
-
-# Runs the CLI with stdin read from the prompt file. The script text is fixed: the
-# prompt file and the CLI's argv arrive as positional parameters, never as shell code.
-_STDIN_FROM_FILE_SCRIPT = 'prompt_file=$1; shift; exec "$@" <"$prompt_file"'
-
-
-class EventKind(StrEnum):
-    RESULT = "result"
-    SESSION = "session"
-    ERROR = "error"
-
-
-class ErrorKind(StrEnum):
-    AGENT = "agent"
-    """The agent reported an error, or exited without a result."""
-    AUTH = "auth"
-    """The API rejected the credentials, or none were given."""
-    NETWORK = "network"
-    """The API could not be reached."""
-    STALE_SESSION = "stale_session"
-    """The session id to resume does not exist; retry once with a new session."""
-
-
-@dataclass(frozen=True, slots=True)
-class AgentEvent:
-    """One thing the agent reported: a result, a session id, or an error."""
-
-    kind: EventKind
-    text: str | None = None
-    """Result text (RESULT; None when the agent ended its turn without text) or
-    error message (ERROR)."""
-    session_id: str | None = None
-    error_kind: ErrorKind | None = None
-
-    @classmethod
-    def result(cls, text: str | None) -> AgentEvent:
-        return cls(EventKind.RESULT, text=text)
-
-    @classmethod
-    def session(cls, session_id: str) -> AgentEvent:
-        return cls(EventKind.SESSION, session_id=session_id)
-
-    @classmethod
-    def error(cls, message: str, error_kind: ErrorKind = ErrorKind.AGENT) -> AgentEvent:
-        return cls(EventKind.ERROR, text=message, error_kind=error_kind)
 
 
 def to_container_output(event: AgentEvent, session_id: str | None) -> ContainerOutput:
@@ -104,157 +81,6 @@ def to_container_output(event: AgentEvent, session_id: str | None) -> ContainerO
     raise ValueError(
         f"a {event.kind} event has no NanoClaw output; pass RESULT or ERROR"
     )
-
-
-# Phrases in the CLIs' error messages. Matched case-insensitively.
-_AUTH_PATTERNS = re.compile(
-    r"invalid api key|invalid x-api-key|authentication_error|authentication failed"
-    r"|unauthorized|\b401\b|not logged in|please run /login|missing api key"
-    r"|api key not (?:found|set)|no api key|incorrect api key|invalid_api_key"
-    r"|providerautherror|credit balance is too low",
-    re.IGNORECASE,
-)
-_NETWORK_PATTERNS = re.compile(
-    r"unable to connect|connection ?refused|connection error|econnrefused|enotfound"
-    r"|eai_again|getaddrinfo|dns error|failed to lookup address|network is unreachable"
-    r"|error sending request|stream disconnected|fetch failed|timed out",
-    re.IGNORECASE,
-)
-
-
-def classify_error(message: str) -> ErrorKind:
-    """Guess what kind of failure an agent's error message describes."""
-    if _AUTH_PATTERNS.search(message):
-        return ErrorKind.AUTH
-    if _NETWORK_PATTERNS.search(message):
-        return ErrorKind.NETWORK
-    return ErrorKind.AGENT
-
-
-@dataclass(frozen=True, slots=True)
-class AgentCommand:
-    """How to start an agent in the machine: its argv and the file for its stdin."""
-
-    argv: tuple[str, ...]
-    prompt_file: str
-
-    def shell_argv(self, shell: str = "/bin/sh") -> list[str]:
-        """Return one argv that runs `argv` with stdin redirected from the file.
-
-        For backends that start a process without their own stdin redirection.
-        """
-        return [
-            shell,
-            "-c",
-            _STDIN_FROM_FILE_SCRIPT,
-            "sh",
-            self.prompt_file,
-            *self.argv,
-        ]
-
-
-class OutputParser(ABC):
-    """Turns an agent's stdout into events, one line at a time.
-
-    Feed complete lines with `feed_line` or raw chunks with `feed`; call `finish`
-    once the process has exited. Every call returns the events that became
-    complete, in order.
-    """
-
-    def __init__(self) -> None:
-        self._pending = ""
-        self.session_id: str | None = None
-        """The latest session id reported by the agent."""
-        self.results = 0
-        self.errors: list[AgentEvent] = []
-
-    @property
-    def stale_session(self) -> bool:
-        """True if the agent said the session to resume does not exist."""
-        return any(e.error_kind is ErrorKind.STALE_SESSION for e in self.errors)
-
-    def feed(self, chunk: str) -> list[AgentEvent]:
-        """Take a chunk of stdout, which may end in the middle of a line."""
-        self._pending += chunk
-        events: list[AgentEvent] = []
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            events += self.feed_line(line)
-        if len(self._pending) > MAX_LINE_CHARS:
-            self._pending = ""
-            events += self._track(
-                [
-                    AgentEvent.error(
-                        f"agent wrote a line longer than {MAX_LINE_CHARS} characters"
-                    )
-                ]
-            )
-        return events
-
-    def feed_line(self, line: str) -> list[AgentEvent]:
-        """Take one line of stdout, without or with its line ending."""
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            return []
-        return self._track(self._parse_line(line))
-
-    def finish(self, exit_code: int, stderr: str = "") -> list[AgentEvent]:
-        """Take the exit status and the end of stderr; return the closing events.
-
-        When the agent produced neither a result nor an error, this returns one
-        error that quotes the end of stderr.
-        """
-        events: list[AgentEvent] = []
-        if self._pending:
-            events += self.feed_line(self._pending)
-            self._pending = ""
-        events += self._track(self._finish(exit_code, stderr))
-        if not self.results and not self.errors:
-            events += self._track([_exit_error(self.name, exit_code, stderr)])
-        return events
-
-    name: ClassVar[str] = "agent"
-
-    @abstractmethod
-    def _parse_line(self, line: str) -> list[AgentEvent]: ...
-
-    def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
-        return []
-
-    def _track(self, events: list[AgentEvent]) -> list[AgentEvent]:
-        kept = []
-        for event in events:
-            if event.kind is EventKind.SESSION:
-                if event.session_id == self.session_id:
-                    continue
-                self.session_id = event.session_id
-            elif event.kind is EventKind.RESULT:
-                self.results += 1
-            else:
-                self.errors.append(event)
-            kept.append(event)
-        return kept
-
-
-def _exit_error(name: str, exit_code: int, stderr: str) -> AgentEvent:
-    tail = _tail(stderr)
-    message = f"{name} exited with code {exit_code} without a result"
-    if tail:
-        message += f": {tail}"
-    return AgentEvent.error(message, classify_error(tail))
-
-
-def _tail(text: str, limit: int = 2000) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def _load_json_object(line: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class AgentRuntime(ABC):
@@ -289,7 +115,7 @@ class ClaudeParser(OutputParser):
         self._api_error: str | None = None
 
     def _parse_line(self, line: str) -> list[AgentEvent]:
-        event = _load_json_object(line)
+        event = load_json_object(line)
         if event is None:
             return self._plain_line(line)
         events: list[AgentEvent] = []
@@ -331,7 +157,7 @@ class ClaudeParser(OutputParser):
         if self.results or self.errors:
             return []
         if _CLAUDE_STALE.search(stderr):
-            return [AgentEvent.error(_tail(stderr), ErrorKind.STALE_SESSION)]
+            return [AgentEvent.error(tail(stderr), ErrorKind.STALE_SESSION)]
         return []
 
 
@@ -377,6 +203,7 @@ _CODEX_STALE = re.compile(
     r"|session not found",
     re.IGNORECASE,
 )
+_CODEX_NETWORK_WAIT = re.compile(r"waiting for network", re.IGNORECASE)
 
 
 class CodexParser(OutputParser):
@@ -388,7 +215,7 @@ class CodexParser(OutputParser):
         self._last_error: str | None = None
 
     def _parse_line(self, line: str) -> list[AgentEvent]:
-        event = _load_json_object(line)
+        event = load_json_object(line)
         if event is None:
             return self._plain_line(line)
         kind = event.get("type")
@@ -409,9 +236,17 @@ class CodexParser(OutputParser):
             message = str(error.get("message") or self._last_error or "turn failed")
             return [AgentEvent.error(message, _codex_error_kind(message))]
         if kind == "error":
-            # Codex also reports retries ("Reconnecting... 2/5") this way; the
-            # final word is turn.failed, or the exit status.
-            self._last_error = str(event.get("message") or "")
+            return self._error(str(event.get("message") or ""))
+        return []
+
+    def _error(self, message: str) -> list[AgentEvent]:
+        # Codex reports its retries this way ("Reconnecting... 2/5 (...)"); the
+        # final word is turn.failed or the exit status. But once it says
+        # "waiting for network" it waits without limit (codex-cli 0.171), so that
+        # is reported at once and the caller stops the agent.
+        self._last_error = message
+        if _CODEX_NETWORK_WAIT.search(message) and not self.errors:
+            return [AgentEvent.error(message, ErrorKind.NETWORK)]
         return []
 
     def _plain_line(self, line: str) -> list[AgentEvent]:
@@ -423,7 +258,7 @@ class CodexParser(OutputParser):
         if self.results or self.errors:
             return []
         if _CODEX_STALE.search(stderr):
-            return [AgentEvent.error(_tail(stderr), ErrorKind.STALE_SESSION)]
+            return [AgentEvent.error(tail(stderr), ErrorKind.STALE_SESSION)]
         if self._last_error:
             return [
                 AgentEvent.error(self._last_error, _codex_error_kind(self._last_error))
@@ -477,7 +312,7 @@ class OpenCodeParser(OutputParser):
         self._texts: list[str] = []
 
     def _parse_line(self, line: str) -> list[AgentEvent]:
-        event = _load_json_object(line)
+        event = load_json_object(line)
         if event is None:
             return self._plain_line(line)
         events: list[AgentEvent] = []
@@ -513,7 +348,7 @@ class OpenCodeParser(OutputParser):
         if self.results or self.errors:
             return []
         if _OPENCODE_STALE.search(stderr):
-            return [AgentEvent.error(_tail(stderr), ErrorKind.STALE_SESSION)]
+            return [AgentEvent.error(tail(stderr), ErrorKind.STALE_SESSION)]
         return []
 
 
@@ -583,7 +418,7 @@ class CommandParser(OutputParser):
 
     def _finish(self, exit_code: int, stderr: str) -> list[AgentEvent]:
         if exit_code != 0:
-            return [_exit_error("command", exit_code, stderr)]
+            return [exit_error("command", exit_code, stderr)]
         if self._overflow:
             return [
                 AgentEvent.error(

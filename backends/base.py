@@ -14,6 +14,7 @@ only code that runs a VM tool or talks to a container runtime.
     collecting   collect       copy results back to the host, safely
     deleting     delete        stop and remove it; "not found" counts as done
     (reaper)     list_resources  this install's machines
+    (submit)     check_available raise BackendUnavailableError if the tool is missing
 
 Every method must be safe to repeat after a crash (see docs/operations.md).
 """
@@ -101,6 +102,8 @@ class Resource:
 @runtime_checkable
 class Backend(Protocol):
     name: ClassVar[str]
+
+    def check_available(self) -> None: ...
 
     async def create(self, spec: MachineSpec) -> Machine: ...
 

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from datetime import datetime
@@ -54,6 +55,14 @@ class DockerBackend:
         self.image = image
         self.network = network
         self.docker = docker
+
+    def check_available(self) -> None:
+        if shutil.which(self.docker) is None:
+            raise BackendUnavailableError(
+                f"{self.docker!r} not found on PATH: install Docker "
+                "(on Debian: apt-get install docker.io)",
+                backend=self.name,
+            )
 
     # -- steps ------------------------------------------------------------
 

@@ -47,6 +47,9 @@ class InstantBackend:
         self.started: dict[str, float] = {}
         self.calls: list[tuple[str, str]] = []
 
+    def check_available(self) -> None:
+        """The instant backend needs no tool."""
+
     async def _step(self, method: str, name: str) -> None:
         self.calls.append((method, name))
         if self.delay:

@@ -22,6 +22,23 @@ def _docker(settings: Settings) -> Backend:
     )
 
 
+def _tart(settings: Settings) -> Backend:
+    from backends.tart import TartBackend, TartOptions
+
+    password = settings.tart_vm_password
+    return TartBackend(
+        TartOptions(
+            base_image=settings.tart_base_image,
+            username=settings.tart_vm_username,
+            password=password.get_secret_value() if password else None,
+            key_path=settings.tart_ssh_key,
+            ssh_timeout=settings.tart_ssh_timeout,
+            max_vms=settings.tart_max_vms,
+            resolver=settings.tart_ip_resolver,
+        )
+    )
+
+
 def _instant(settings: Settings) -> Backend:
     from backends.instant import InstantBackend
 
@@ -30,6 +47,7 @@ def _instant(settings: Settings) -> Backend:
 
 FACTORIES: dict[str, Callable[[Settings], Backend]] = {
     "docker": _docker,
+    "tart": _tart,
     "instant": _instant,
 }
 

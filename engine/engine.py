@@ -95,10 +95,11 @@ class Engine:
     async def submit(self, request: ExecutionRequest) -> str:
         """Store `request` as a new execution in `requested`; return its id.
 
-        Raises a UsageError, writing nothing, when the backend is unknown.
+        Raises UsageError when the backend is unknown and BackendUnavailableError
+        when its tool is missing; either way nothing is written.
         """
         backend_name = resolve_backend_name(request.backend, self.settings)
-        self.backend(backend_name)
+        self.backend(backend_name).check_available()
         execution_id = uuid.uuid4().hex[:16]
         run_dir = self.settings.runs_dir / execution_id
         now = utcnow()

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 class RunContext:
-    """The parts a run shares with its engine: store, backend, worker and time limits."""
+    """The parts a run shares with its engine: store, backend, worker, time limits."""
 
     def __init__(
         self,

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Seconds; values above 1000 are read as milliseconds, as NanoClaw gave them.
     tart_ssh_timeout: float = Field(default=60.0, gt=0)
     tart_max_vms: int = Field(default=2, ge=1)
+    # How `tart ip` finds the address: dhcp (NAT, the default) or arp (bridged).
+    tart_ip_resolver: Literal["dhcp", "arp"] = "dhcp"
 
     agent_runtime: str = "command"
 

@@ -18,6 +18,7 @@ apt_packages=(
     openssh-client
     postgresql
     iproute2
+    openssl
     shellcheck
     python3
     python3-venv

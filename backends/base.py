@@ -39,6 +39,15 @@ EXECUTION_LABEL = "engine.execution"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Share:
+    """A host folder mounted into the machine under `name`."""
+
+    name: str
+    host_path: Path
+    read_only: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MachineSpec:
     """What the cloning step creates."""
 
@@ -49,8 +58,9 @@ class MachineSpec:
     cpus: float | None = None
     memory: str | None = None
     network: str | None = None
-    # Host folders shared into the machine where the backend can, guest path first.
-    shares: tuple[tuple[str, Path], ...] = ()
+    # Host folders mounted into the machine: Docker binds them at
+    # /engine/shares/NAME, Tart shares them under /Volumes/My Shared Files/NAME.
+    shares: tuple[Share, ...] = ()
     run_dir: Path | None = None
 
     @property

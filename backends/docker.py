@@ -43,6 +43,7 @@ from engine.exceptions import (
 logger = logging.getLogger(__name__)
 
 GUEST_ROOT = "/engine"
+SHARES_ROOT = "/engine/shares"
 # Keeps the container running between steps; `docker rm -f` ends it.
 KEEPALIVE = ["-c", "while :; do sleep 3600; done"]
 READY_POLL_SECONDS = 0.02
@@ -93,6 +94,11 @@ class DockerBackend:
             args += ["--cpus", str(spec.cpus)]
         if spec.memory is not None:
             args += ["--memory", spec.memory]
+        for share in spec.shares:
+            mount = (
+                f"type=bind,source={share.host_path},target={SHARES_ROOT}/{share.name}"
+            )
+            args += ["--mount", mount + (",readonly" if share.read_only else "")]
         args += ["--entrypoint", "/bin/sh", spec.image or self.image, *KEEPALIVE]
         return args
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend, Machine, MachineSpec, machine_name
+from backends.base import Backend, Machine, MachineSpec, Share, machine_name
 from backends.registry import create_backend, resolve_backend_name
 from engine.bundle import Bundle
 from engine.exceptions import InvalidRequestError, LeaseLostError
@@ -207,6 +207,10 @@ class Engine:
             cpus=request.cpus or self.settings.engine_cpus,
             memory=request.memory or self.settings.engine_memory,
             network=request.network,
+            shares=tuple(
+                Share(share.name, share.host_path, share.read_only)
+                for share in request.shares
+            ),
             run_dir=run_dir,
         )
         timeout = request.timeout or self.settings.engine_run_timeout

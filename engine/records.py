@@ -16,6 +16,23 @@ from engine.states import State
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
+class ShareRequest(BaseModel):
+    """A host folder to mount into the machine, read-only unless asked."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64)
+    host_path: Path
+    read_only: bool = True
+
+    @field_validator("host_path")
+    @classmethod
+    def _existing_folder(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"share folder {str(value)!r} does not exist")
+        return value.resolve()
+
+
 class ExecutionRequest(BaseModel):
     """One agent invocation to run in a fresh machine.
 
@@ -37,6 +54,8 @@ class ExecutionRequest(BaseModel):
     cpus: float | None = Field(default=None, gt=0)
     memory: str | None = Field(default=None, pattern=r"^[0-9]+[bkmgBKMG]?$")
     network: str | None = None
+    # Host folders mounted into the machine by name; see docs/design.md.
+    shares: tuple[ShareRequest, ...] = ()
     # Extra guest paths, relative to the run bundle, to copy back when collecting.
     collect_paths: tuple[str, ...] = ()
     resume_policy: Literal["fail", "rerun"] | None = None

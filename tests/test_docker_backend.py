@@ -142,3 +142,24 @@ def test_docker_ps_is_clean_after_tests(docker_host):
         check=True,
     )
     assert result.stdout.strip() == ""
+
+
+async def test_share_is_mounted_read_only(tmp_path, docker_host):
+    from engine.records import ShareRequest
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data.txt").write_text("shared data\n")
+    script = (
+        "cat /engine/shares/docs/data.txt; touch /engine/shares/docs/new || echo ro"
+    )
+    async with docker_engine(tmp_path) as engine:
+        record = await engine.run(
+            request(
+                "sh", "-c", script, shares=[ShareRequest(name="docs", host_path=shared)]
+            )
+        )
+    run_dir = tmp_path / "data" / "runs" / record.id
+    assert record.state is State.DONE, record.error_message
+    assert (run_dir / "result" / "stdout").read_text() == "shared data\nro\n"
+    assert not (shared / "new").exists()

@@ -289,3 +289,19 @@ async def _wait_for_state(engine: Engine, state: State, timeout: float = 60) -> 
                 return record.id
         await asyncio.sleep(0.1)
     raise AssertionError(f"no execution reached {state} in {timeout} s")
+
+
+async def test_share_appears_under_shared_files(tmp_path, tart_home):
+    from engine.records import ShareRequest
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data.txt").write_text("shared data\n")
+    shared.chmod(0o755)
+    path = "/Volumes/My Shared Files/docs/data.txt"
+    async with tart_engine(tmp_path) as engine:
+        record = await engine.run(
+            request("cat", path, shares=[ShareRequest(name="docs", host_path=shared)])
+        )
+    assert record.state is State.DONE, record.error_message
+    assert _output(tmp_path, record) == "shared data\n"

@@ -169,7 +169,10 @@ class TartBackend:
         )
 
     def _spawn(self, machine: Machine) -> subprocess.Popen[bytes]:
-        shares = [f"{name}:{path}" for name, path in machine.spec.shares]
+        shares = [
+            f"{share.name}:{share.host_path}{':ro' if share.read_only else ''}"
+            for share in machine.spec.shares
+        ]
         log_path = self._log_path(machine)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:

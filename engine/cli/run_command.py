@@ -14,7 +14,7 @@ from engine.cli.exit_codes import EXIT_RUN_FAILED
 from engine.cli.progress import ProgressObserver
 from engine.engine import Engine, validate_upload_dir
 from engine.exceptions import InvalidRequestError
-from engine.records import ExecutionRecord, ExecutionRequest
+from engine.records import ExecutionRecord, ExecutionRequest, ShareRequest
 from engine.settings import Settings
 from engine.states import State
 
@@ -41,6 +41,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--memory", help="memory limit, e.g. 512m")
     run.add_argument("--network", help="network mode (default none)")
     run.add_argument("--group", help="group name stored with the run")
+    run.add_argument(
+        "--share",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[:rw]",
+        help="mount host folder DIR into the machine as NAME (read-only unless :rw)",
+    )
     run.add_argument("--json", action="store_true", help="print the record as JSON")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(handler=run_command)
@@ -99,9 +106,22 @@ def request_from_args(args: argparse.Namespace) -> ExecutionRequest:
             cpus=args.cpus,
             memory=args.memory,
             network=args.network,
+            shares=[_parse_share(text) for text in args.share],
         )
     except ValueError as exc:
         raise InvalidRequestError(render.validation_message(exc)) from exc
+
+
+def _parse_share(text: str) -> ShareRequest:
+    name, separator, path = text.partition("=")
+    if not separator or not name or not path:
+        raise InvalidRequestError(
+            f"--share {text!r} is invalid: use NAME=DIR or NAME=DIR:rw"
+        )
+    read_only = not path.endswith(":rw")
+    return ShareRequest(
+        name=name, host_path=Path(path.removesuffix(":rw")), read_only=read_only
+    )
 
 
 def _read_input(source: str | None) -> bytes | None:

@@ -10,6 +10,7 @@ from engine.cli import (
     db_command,
     inspect_commands,
     run_command,
+    trace_command,
 )
 from engine.cli.exit_codes import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE
 from engine.cli.logconfig import configure_logging
@@ -20,6 +21,7 @@ from engine.settings import load_settings
 COMMAND_MODULES = (
     run_command,
     inspect_commands,
+    trace_command,
     audit_command,
     db_command,
 )

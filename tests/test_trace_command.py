@@ -6,10 +6,13 @@ import json
 
 import pytest
 
+from backends.instant import InstantBackend
 from engine.store import Store
 from engine.tracing import otlp_json
 from engine.tracing.spans import build_spans, default_resource
+from tests.helpers import request, settings_for
 from tests.support.cli import engine_env, run_engine
+from tests.tracing_rows import resume_in_executing
 
 STATES = [
     "requested",
@@ -146,3 +149,22 @@ def test_unknown_id_is_usage_error(tmp_path):
 
     assert result.returncode == 2
     assert "'nope' not found" in result.stderr
+
+
+async def test_timeline_marks_resumed_run(tmp_path):
+    settings = settings_for(tmp_path, container_runtime="instant")
+    record = await resume_in_executing(
+        settings, InstantBackend(agent_seconds=0.5), request("true")
+    )
+
+    result = run_engine(
+        ["trace", record.id], {**engine_env(tmp_path), "COLUMNS": "100"}, cwd=tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[1]: line for line in result.stdout.splitlines()[4:]}
+    assert "ok, interrupted" in lines["executing"]
+    assert "ok, resumed" in lines["collecting"]
+    assert "interrupted" not in lines["collecting"]
+    assert lines["collecting"].split()[2] == "2"
+    assert lines["executing"].split()[2] == "1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from backends.instant import InstantBackend
-from engine.engine import Engine
 from engine.exceptions import UsageError
 from engine.states import State
 from engine.store import Store
@@ -21,6 +19,7 @@ from engine.tracing.exporters import resolve_exporter_name
 from engine.tracing.spans import build_spans, default_resource
 from tests.helpers import instant_engine, request, settings_for
 from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
+from tests.tracing_rows import resume_in_executing
 
 
 def _jsonl_spans(path: Path) -> list[dict]:
@@ -219,44 +218,21 @@ async def test_slow_collector_does_not_delay_run(tmp_path, monkeypatch):
 
 
 async def test_resumed_run_live_spans_match_stored(tmp_path):
-    backend = InstantBackend(agent_seconds=0.5)
     settings = settings_for(
         tmp_path, container_runtime="instant", engine_trace_exporter="jsonl"
     )
-    the_request = request("true")
-    first = Engine(settings, backends={"instant": backend})
-    execution_id = await first.submit(the_request)
-    task = asyncio.create_task(first.drive(execution_id, the_request))
-    await _wait_for_state(first.store, execution_id, State.EXECUTING)
-    # Stop attempt 1 in executing without another row, as a crash would.
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    # What a claim by a new worker does: a new lease token and the next attempt.
-    token = first.store.get_execution(execution_id).lease_token
-    first.store.update_execution(execution_id, token, lease_token=token + 1, attempt=2)
-    await first.aclose()
+    backend = InstantBackend(agent_seconds=0.5)
 
-    second = Engine(settings, backends={"instant": backend})
-    final = await second.drive(execution_id, the_request)
-    await second.aclose()
+    final = await resume_in_executing(settings, backend, request("true"))
 
     live = _jsonl_spans(tmp_path / "data" / "traces.jsonl")
     assert final.state is State.DONE
+    assert final.attempt == 2
     assert len(live) == 10
-    assert _canonical(live) == _canonical(_stored_spans(tmp_path, execution_id))
+    assert _canonical(live) == _canonical(_stored_spans(tmp_path, final.id))
     by_name = {span["name"]: span for span in live}
-    executing_attributes = {
-        a["key"]: a["value"] for a in by_name["executing"]["attributes"]
-    }
-    assert executing_attributes["engine.interrupted"] == {"boolValue": True}
+    executing = {a["key"]: a["value"] for a in by_name["executing"]["attributes"]}
+    assert executing["engine.interrupted"] == {"boolValue": True}
+    assert executing["engine.attempt"] == {"intValue": "1"}
     link = by_name["collecting"]["links"][0]
     assert link["spanId"] == by_name["executing"]["spanId"]
-
-
-async def _wait_for_state(store: Store, execution_id: str, state: State) -> None:
-    deadline = time.monotonic() + 10
-    while store.get_execution(execution_id).state is not state:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"execution {execution_id} never reached {state}")
-        await asyncio.sleep(0.01)

@@ -1,4 +1,4 @@
-"""Builders for hand-written transition rows and execution records.
+"""Builders for the tracing and audit tests: rows written by hand, and a resume.
 
 The rows carry real chained hashes, so the same rows serve the span tests and
 the audit tests.
@@ -6,14 +6,21 @@ the audit tests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.records import ExecutionRecord, TransitionRecord
+from backends.instant import InstantBackend
+from engine.engine import Engine
+from engine.records import ExecutionRecord, ExecutionRequest, TransitionRecord
+from engine.settings import Settings
 from engine.states import State
+from engine.store import Store
 from engine.store.chain import GENESIS, transition_hash
 
 START = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -125,3 +132,41 @@ def record_of(rows: Sequence[TransitionRecord], **overrides: Any) -> ExecutionRe
     }
     values.update(overrides)
     return ExecutionRecord(**values)
+
+
+async def resume_in_executing(
+    settings: Settings, backend: InstantBackend, request: ExecutionRequest
+) -> ExecutionRecord:
+    """Run `request` with attempt 1 stopped in executing and attempt 2 finishing it.
+
+    Attempt 1 is cancelled without writing another row, as a crash would leave
+    it. The claim that a new worker makes is played by hand: a new lease token
+    and attempt 2. `backend` must keep the agent started by attempt 1 (an
+    `InstantBackend` with `agent_seconds` > 0), so attempt 2 reattaches to it.
+    """
+    first = Engine(settings, backends={backend.name: backend})
+    execution_id = await first.submit(request)
+    task = asyncio.create_task(first.drive(execution_id, request))
+    await _wait_for_state(first.store, execution_id, State.EXECUTING)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    stopped = first.store.get_execution(execution_id)
+    assert stopped.state is State.EXECUTING, stopped.state
+    token = stopped.lease_token
+    first.store.update_execution(execution_id, token, lease_token=token + 1, attempt=2)
+    await first.aclose()
+
+    second = Engine(settings, backends={backend.name: backend})
+    try:
+        return await second.drive(execution_id, request)
+    finally:
+        await second.aclose()
+
+
+async def _wait_for_state(store: Store, execution_id: str, state: State) -> None:
+    deadline = time.monotonic() + 10
+    while store.get_execution(execution_id).state is not state:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"execution {execution_id} never reached {state}")
+        await asyncio.sleep(0.01)

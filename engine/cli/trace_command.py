@@ -30,10 +30,10 @@ from engine.tracing import otlp_json, spans
 from engine.tracing.exporters import create_exporter, resolve_exporter_name
 
 # Width of the timeline column, in characters: what the terminal leaves after
-# the other columns (about 64 characters wide), within these bounds.
+# the other columns, within these bounds.
 MIN_BAR_WIDTH = 10
 MAX_BAR_WIDTH = 50
-_OTHER_COLUMNS_WIDTH = 64
+_COLUMNS = ("seq", "state", "attempt", "start", "duration", "outcome")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OUTCOME_STYLES = {
     spans.OUTCOME_OK: "cyan",
@@ -178,21 +178,24 @@ def print_timeline(record: ExecutionRecord, trace_spans: list[ReadableSpan]) -> 
         f"started    {_datetime(origin).isoformat(timespec='milliseconds')}, "
         f"took {total / 1e9:.3f} s"
     )
+    cells = [_timeline_cells(span, origin) for span in [root, *trace_spans[:-1]]]
     table = Table(box=None)
-    for column in ("seq", "state", "attempt", "start", "duration", "outcome"):
+    for column in _COLUMNS:
         numeric = column not in ("state", "outcome")
-        table.add_column(column, justify="right" if numeric else "left")
-    bar_width = console.width - _OTHER_COLUMNS_WIDTH
-    bar_width = max(MIN_BAR_WIDTH, min(bar_width, MAX_BAR_WIDTH))
-    table.add_column("timeline", no_wrap=True, min_width=bar_width)
-    for span in [root, *trace_spans[:-1]]:
-        table.add_row(*_timeline_row(span, origin, total, bar_width))
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
+    table.add_column("timeline", no_wrap=True)
+    # Each column of a borderless rich table has one space of padding per side.
+    used = sum(
+        max(len(name), *(len(row[index]) for row in cells)) + 2
+        for index, name in enumerate(_COLUMNS)
+    )
+    bar_width = max(MIN_BAR_WIDTH, min(console.width - used - 2, MAX_BAR_WIDTH))
+    for span, row in zip([root, *trace_spans[:-1]], cells, strict=True):
+        table.add_row(*row, _span_bar(span, origin, total, bar_width))
     console.print(table)
 
 
-def _timeline_row(
-    span: ReadableSpan, origin: int, total: int, bar_width: int
-) -> list[Any]:
+def _timeline_cells(span: ReadableSpan, origin: int) -> list[str]:
     attributes = span.attributes or {}
     start = span.start_time or origin
     end = span.end_time or start
@@ -211,8 +214,14 @@ def _timeline_row(
         f"+{(start - origin) / 1e9:.3f} s",
         f"{(end - start) / 1e9:.3f} s",
         ", ".join(notes),
-        _bar(start - origin, end - start, total, bar_width, outcome),
     ]
+
+
+def _span_bar(span: ReadableSpan, origin: int, total: int, columns: int) -> Text:
+    start = span.start_time or origin
+    end = span.end_time or start
+    outcome = str((span.attributes or {}).get(spans.OUTCOME, ""))
+    return _bar(start - origin, end - start, total, columns, outcome)
 
 
 def _bar(offset: int, duration: int, total: int, columns: int, outcome: str) -> Text:

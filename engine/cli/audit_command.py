@@ -48,10 +48,17 @@ def print_reports(reports: list[ChainReport]) -> None:
     console = Console(highlight=False)
     broken = [report for report in reports if not report.intact]
     for report in broken:
-        console.print(f"[red]broken[/] {report.broken}")
+        # Soft wrap keeps each report on one line for grep.
+        console.print(f"[red]broken[/] {report.broken}", soft_wrap=True)
     rows = sum(report.rows for report in reports)
-    summary = f"{len(reports)} executions, {rows} transitions checked"
+    summary = (
+        f"{_plural(len(reports), 'execution')}, {_plural(rows, 'transition')} checked"
+    )
     if broken:
         console.print(f"{summary}: {len(broken)} broken")
     else:
         console.print(f"{summary}: every chain is intact")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -18,6 +18,7 @@ from engine.tracing import otlp_json
 from engine.tracing.exporters import resolve_exporter_name
 from engine.tracing.spans import build_spans, default_resource
 from tests.helpers import instant_engine, request, settings_for
+from tests.support.cli import engine_env, run_engine
 from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 from tests.tracing_rows import resume_in_executing
 
@@ -236,3 +237,17 @@ async def test_resumed_run_live_spans_match_stored(tmp_path):
     assert executing["engine.attempt"] == {"intValue": "1"}
     link = by_name["collecting"]["links"][0]
     assert link["spanId"] == by_name["executing"]["spanId"]
+
+
+def test_console_exporter_writes_stderr(tmp_path):
+    env = engine_env(tmp_path, ENGINE_TRACE_EXPORTER="console")
+
+    result = run_engine(
+        ["run", "--backend", "instant", "--json", "--", "true"], env, cwd=tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["state"] == "done"
+    assert result.stderr.count('"name": "') == 10
+    assert f'"trace_id": "0x{record["trace_id"]}"' in result.stderr

@@ -153,16 +153,9 @@ def state_span(
         OUTCOME: outcome,
         TRIGGER: entering.trigger if state.is_terminal else _trigger(leaving),
         ERROR_TYPE: error_type,
+        INTERRUPTED: True if interrupted else None,
     }
-    if interrupted:
-        attributes[INTERRUPTED] = True
-
-    if leaving is not None:
-        end = leaving.at
-    elif state.is_terminal:
-        end = entering.at
-    else:
-        end = max(now or datetime.now(UTC), entering.at)
+    end = _state_end(entering, leaving, now)
     return ReadableSpan(
         name=state.value,
         context=_context(record, span_id_of(entering)),
@@ -291,6 +284,19 @@ def _is_interrupted(
     return (
         not State(entering.to_state).is_terminal and record.attempt > entering.attempt
     )
+
+
+def _state_end(
+    entering: TransitionRecord,
+    leaving: TransitionRecord | None,
+    now: datetime | None,
+) -> datetime:
+    if leaving is not None:
+        return leaving.at
+    if State(entering.to_state).is_terminal:
+        return entering.at
+    # A state that has not been left yet ends now, but never before it began.
+    return max(now or datetime.now(UTC), entering.at)
 
 
 def _trigger(leaving: TransitionRecord | None) -> str | None:

@@ -29,6 +29,7 @@ from engine.settings import Settings, load_settings
 from engine.states import CREATED_TRIGGER, State, build_machine
 from engine.store import Store, utcnow
 from engine.store.chain import GENESIS, transition_hash
+from engine.tracing import create_trace_observer
 from engine.worker import current_worker
 
 logger = logging.getLogger(__name__)
@@ -46,9 +47,13 @@ class Engine:
         observers: Sequence[RunObserver] = (),
     ):
         self.settings = settings or load_settings()
+        # None when ENGINE_TRACE_EXPORTER is `none`.
+        self._tracer = create_trace_observer(self.settings)
         self.store = store or Store(self.settings.database_url)
         self.worker = str(current_worker())
         self.observers = list(observers)
+        if self._tracer is not None:
+            self.observers.append(self._tracer)
         self._backends: dict[str, Backend] = dict(backends or {})
         self._machine = build_machine()
         self._slots = asyncio.Semaphore(self.settings.engine_max_concurrent_runs)
@@ -69,6 +74,9 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        if self._tracer is not None:
+            # Waits up to ENGINE_TRACE_FLUSH_TIMEOUT, so not on the event loop.
+            await asyncio.to_thread(self._tracer.close)
         self.store.close()
 
     @property

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
 
     agent_runtime: str = "command"
 
+    # Span exporter: none, otlp (protocol from OTEL_EXPORTER_OTLP_PROTOCOL),
+    # otlp-http, otlp-grpc, jsonl or console. The OTLP exporters read the
+    # standard OTEL_EXPORTER_OTLP_* variables themselves.
+    engine_trace_exporter: Literal[
+        "none", "otlp", "otlp-http", "otlp-grpc", "jsonl", "console"
+    ] = "none"
+    # File for the jsonl exporter; default ENGINE_DATA_DIR/traces.jsonl.
+    engine_trace_file: Path | None = None
+    # Seconds that closing the engine waits for queued spans to be exported.
+    engine_trace_flush_timeout: float = Field(default=5.0, ge=0)
+
     @field_validator("tart_ssh_timeout")
     @classmethod
     def _milliseconds_to_seconds(cls, value: float) -> float:
@@ -81,6 +92,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.engine_data_dir / "runs"
+
+    @property
+    def trace_file(self) -> Path:
+        return self.engine_trace_file or self.engine_data_dir / "traces.jsonl"
 
 
 def load_settings(**overrides: object) -> Settings:

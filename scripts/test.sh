@@ -2,7 +2,7 @@
 # Install what the tests need on a Debian machine, then run the test suite.
 #
 # Run as root from any folder: `scripts/test.sh [PYTEST_ARGS...]`. The tests start
-# their own private dockerd and PostgreSQL server, so this script starts no
+# their own private dockerd, PostgreSQL server and Phoenix trace viewer, so this script starts no
 # service. Extra arguments go to pytest.
 set -euo pipefail
 
@@ -65,8 +65,15 @@ install_python_package() {
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 }
 
+install_trace_viewer() {
+    # The Phoenix tests (marker `phoenix`) start the viewer from this venv.
+    log "installing the Arize Phoenix trace viewer into its own venv"
+    PHOENIX_PYTHON="${PYTHON:-python3}" bash scripts/install-phoenix.sh
+}
+
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 install_packages
 install_python_package
+install_trace_viewer
 log "running ${test_command[*]} $*"
 "${test_command[@]}" "$@"

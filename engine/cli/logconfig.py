@@ -14,6 +14,7 @@ FIELDS = (
     "resource",
     "error_type",
     "revision",
+    "exporter",
 )
 
 

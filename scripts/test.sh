@@ -2,8 +2,8 @@
 # Install what the tests need on a Debian machine, then run the test suite.
 #
 # Run as root from any folder: `scripts/test.sh [PYTEST_ARGS...]`. The tests start
-# their own private dockerd, PostgreSQL server and Phoenix trace viewer, so this script starts no
-# service. Extra arguments go to pytest.
+# their own private dockerd, PostgreSQL server and Phoenix trace viewer, so
+# this script starts no service. Extra arguments go to pytest.
 set -euo pipefail
 
 # The test runner; the README and .ci/run both call this script.

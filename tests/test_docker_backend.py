@@ -151,3 +151,22 @@ async def test_share_is_mounted_read_only(tmp_path, docker_host):
     assert record.state is State.DONE, record.error_message
     assert (run_dir / "result" / "stdout").read_text() == "shared data\nro\n"
     assert not (shared / "new").exists()
+
+
+@pytest.mark.parametrize("command", [["exit", "5"], ["exec", "true"], ["finish", "9"]])
+async def test_shell_builtins_are_not_commands(tmp_path, docker_host, command):
+    async with docker_engine(tmp_path, engine_run_timeout=60) as engine:
+        record = await engine.run(request(*command))
+    assert record.state is State.FAILED
+    assert record.failed_state == "executing"
+    assert record.error_type == "command_not_found"
+    assert command[0] in record.error_message
+
+
+async def test_killed_runner_fails_as_agent_lost(tmp_path, docker_host):
+    async with docker_engine(tmp_path, engine_run_timeout=60) as engine:
+        record = await engine.run(request("sh", "-c", "kill -9 $PPID; sleep 30"))
+    assert record.state is State.FAILED
+    assert record.failed_state == "executing"
+    assert record.error_type == "agent_lost"
+    assert containers_of(record.id) == []

@@ -2,8 +2,10 @@
 # Runs the agent command inside the machine, detached from the engine.
 # Usage: sh run.sh COMMAND [ARG...]
 # Standard input, output, error and the exit status are files under result/, so
-# a later engine process can reattach after a crash. The command's arguments
-# arrive as argv and are never evaluated by this shell.
+# a later engine process can reattach after a crash. The command must be an
+# executable file: it runs through `exec` in a subshell, so no shell builtin,
+# keyword or function of this script can stand in for it, and its arguments
+# are never evaluated by this shell.
 root=$(cd "$(dirname "$0")" && pwd)
 result="$root/result"
 mkdir -p "$result" "$root/work/output"
@@ -13,6 +15,27 @@ finish() {
     printf '%s\n' "$1" > "$result/exit-status.tmp"
     mv "$result/exit-status.tmp" "$result/exit-status"
     exit "$1"
+}
+
+# Prints the path of the executable file that `exec` would run, or nothing.
+find_program() {
+    case "$1" in
+    */*)
+        if [ -f "$1" ] && [ -x "$1" ]; then
+            printf '%s\n' "$1"
+        fi
+        return
+        ;;
+    esac
+    old_ifs=$IFS
+    IFS=:
+    for directory in $PATH; do
+        if [ -f "${directory:-.}/$1" ] && [ -x "${directory:-.}/$1" ]; then
+            printf '%s\n' "${directory:-.}/$1"
+            break
+        fi
+    done
+    IFS=$old_ifs
 }
 
 # Secrets arrive as a mode 0600 file of quoted assignments; read it once and
@@ -26,10 +49,11 @@ if [ -f "$root/env" ]; then
 fi
 
 cd "$root/work" || finish 126
-if ! command -v "$1" >/dev/null 2>&1; then
-    printf 'command not found: %s\n' "$1" > "$result/error"
-    : > "$result/stdout"
-    : > "$result/stderr"
+: > "$result/stdout"
+: > "$result/stderr"
+if [ -z "$(find_program "$1")" ]; then
+    printf 'command not found: %s (the command must be an executable file)\n' \
+        "$1" > "$result/error"
     finish 127
 fi
 
@@ -38,5 +62,5 @@ if [ -f "$root/stdin" ]; then
     input="$root/stdin"
 fi
 date +%s > "$result/started-at"
-"$@" < "$input" > "$result/stdout" 2> "$result/stderr"
+(exec "$@") < "$input" >> "$result/stdout" 2>> "$result/stderr"
 finish "$?"

@@ -60,6 +60,7 @@ class Engine:
         self._runs: dict[str, Run] = {}
         self._tasks: dict[str, asyncio.Task[Any] | None] = {}
         self._lost: set[str] = set()
+        self._interrupted = False
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Engine:
@@ -182,6 +183,8 @@ class Engine:
         run = self._build_run(record, request)
         self._machine.add_model(run, initial=record.state.value)
         self._runs[execution_id] = run
+        if self._interrupted:
+            run.cancel_requested.set()
         self._tasks[execution_id] = asyncio.current_task()
         self._ensure_heartbeat()
         try:
@@ -285,7 +288,11 @@ class Engine:
                     task.cancel()
 
     def interrupt(self) -> None:
-        """Ask every run this engine drives to stop; each ends failed/cancelled."""
+        """Ask every run this engine drives to stop; each ends failed/cancelled.
+
+        Runs that start driving afterwards are cancelled at once.
+        """
+        self._interrupted = True
         for run in self._runs.values():
             run.cancel_requested.set()
 

@@ -5,6 +5,7 @@ is the short name stored on a failed execution.
 
     EngineError
     ├── UsageError                  bad input or settings; the CLI exits 2
+    │   ├── DatabaseError           the database URL or its folder is unusable
     │   ├── UnknownBackendError
     │   ├── ExecutionNotFoundError
     │   └── InvalidRequestError
@@ -114,6 +115,12 @@ class RunCancelledError(EngineError):
     """The run was cancelled on request."""
 
     error_type = "cancelled"
+
+
+class DatabaseError(UsageError):
+    """The database could not be opened; the URL or its folder is wrong."""
+
+    error_type = "database_error"
 
 
 class MigrationError(EngineError):

@@ -16,6 +16,19 @@ from engine.states import State
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
+def check_network_mode(value: str | None) -> str | None:
+    """Reject network modes that give the machine the host's own network."""
+    if value is None:
+        return value
+    if value == "host" or value.startswith("container:"):
+        raise ValueError(
+            f"network mode {value!r} shares a network namespace with the host or "
+            "another container and defeats isolation; use none, bridge or a "
+            "network you created"
+        )
+    return value
+
+
 class ShareRequest(BaseModel):
     """A host folder to mount into the machine, read-only unless asked."""
 
@@ -67,6 +80,11 @@ class ExecutionRequest(BaseModel):
         if not value[0]:
             raise ValueError("the command name is empty")
         return value
+
+    @field_validator("network")
+    @classmethod
+    def _isolated_network(cls, value: str | None) -> str | None:
+        return check_network_mode(value)
 
     @field_validator("secrets")
     @classmethod

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.exceptions import UsageError
+from engine.records import check_network_mode
 
 
 def default_data_dir() -> Path:
@@ -76,6 +77,17 @@ class Settings(BaseSettings):
     engine_trace_file: Path | None = None
     # Seconds that closing the engine waits for queued spans to be exported.
     engine_trace_flush_timeout: float = Field(default=5.0, ge=0)
+
+    @field_validator("engine_docker_network")
+    @classmethod
+    def _isolated_network(cls, value: str) -> str:
+        return check_network_mode(value) or value
+
+    @field_validator("engine_data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Run folders are stored by path, so a relative one would move with cwd.
+        return value.expanduser().resolve()
 
     @field_validator("tart_ssh_timeout")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -135,3 +136,139 @@ def test_db_upgrade_is_idempotent(tmp_path, cli_env):
     second = run_cli("db", "upgrade", env=cli_env)
     assert first.stdout == b"database migrated\n"
     assert second.stdout == b"database is up to date\n"
+
+
+def test_parallel_first_runs_share_one_migration(tmp_path, cli_env):
+    import subprocess
+
+    from tests.helpers import engine_command
+
+    processes = [
+        subprocess.Popen(
+            [*engine_command(), "run", "--backend", "instant", "--", "true"],
+            env={**os.environ, **cli_env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
+    results = [
+        (process.wait(timeout=120), process.stderr.read()) for process in processes
+    ]
+    for process in processes:
+        process.stderr.close()
+    assert [code for code, _ in results] == [0] * 6, results
+    assert _row_count(tmp_path) == 6
+
+
+@pytest.mark.parametrize("url", ["nonsense", "sqlite:////proc/no-such-dir/engine.db"])
+def test_unusable_database_is_usage_error(tmp_path, cli_env, url):
+    result = run_cli("list", env={**cli_env, "ENGINE_DATABASE_URL": url})
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"engine: error: cannot open database")
+    assert b"Traceback" not in result.stderr
+    assert result.stderr.count(b"\n") == 1
+
+
+def test_host_network_is_rejected(tmp_path, cli_env):
+    result = run_cli(
+        "run", "--backend", "instant", "--network", "host", "--", "true", env=cli_env
+    )
+    setting = run_cli("list", env={**cli_env, "ENGINE_DOCKER_NETWORK": "host"})
+    assert result.returncode == 2
+    assert b"'host'" in result.stderr
+    assert setting.returncode == 2
+    assert b"ENGINE_DOCKER_NETWORK" in setting.stderr
+
+
+def test_closed_stdout_pipe_exits_quietly(tmp_path, cli_env):
+    import subprocess
+
+    from tests.helpers import engine_command
+
+    for _ in range(3):
+        run_cli("run", "--backend", "instant", "--", "true", env=cli_env)
+    pipeline = subprocess.run(
+        f"{' '.join(engine_command())} list --json | head -c 1",
+        shell=True,
+        env={**os.environ, **cli_env},
+        capture_output=True,
+        check=False,
+    )
+    assert pipeline.stdout == b"["
+    assert b"Traceback" not in pipeline.stderr
+
+
+def test_verbose_flag_after_subcommand(tmp_path, cli_env):
+    result = run_cli("list", "-v", env=cli_env)
+    assert result.returncode == 0
+
+
+def test_input_folder_and_empty_id_are_rejected(tmp_path, cli_env):
+    folder = run_cli(
+        "run",
+        "--backend",
+        "instant",
+        "--input",
+        str(tmp_path),
+        "--",
+        "cat",
+        env=cli_env,
+    )
+    empty = run_cli("show", "", env=cli_env)
+    assert folder.returncode == 2
+    assert b"is a folder" in folder.stderr
+    assert empty.returncode == 2
+    assert b"empty" in empty.stderr
+
+
+@pytest.mark.docker
+def test_interrupt_cancels_and_exits_130(tmp_path, cli_env, docker_host):
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers import engine_command
+
+    process = subprocess.Popen(
+        [*engine_command(), "run", "--json", "--", "sleep", "30"],
+        env={**os.environ, **cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    state = None
+    while time.monotonic() < deadline and state != "executing":
+        time.sleep(0.2)
+        listed = run_cli("list", "--json", env=cli_env)
+        records = json.loads(listed.stdout or b"[]")
+        state = records[0]["state"] if records else None
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=60)
+    record = json.loads(stdout)
+    assert state == "executing"
+    assert process.returncode == 130
+    assert record["state"] == "failed"
+    assert record["error"]["type"] == "cancelled"
+    assert containers_of(record["id"]) == []
+
+
+def test_interrupt_before_submit_writes_nothing(tmp_path, cli_env):
+    import signal
+    import subprocess
+    import time
+
+    from tests.helpers import engine_command
+
+    process = subprocess.Popen(
+        [*engine_command(), "run", "--backend", "instant", "--", "true"],
+        env={**os.environ, **cli_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Late enough that the interpreter runs, early enough that modules still load.
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (0, 130), stderr
+    assert b"Traceback" not in stderr

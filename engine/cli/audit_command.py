@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-
 from engine.audit import ChainReport, verify_store
 from engine.cli import render
 from engine.cli.exit_codes import EXIT_FAILURE, EXIT_OK
@@ -45,7 +43,7 @@ def verify_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_reports(reports: list[ChainReport]) -> None:
-    console = Console(highlight=False)
+    console = render.console()
     broken = [report for report in reports if not report.intact]
     for report in broken:
         # Soft wrap keeps each report on one line for grep.

@@ -15,7 +15,9 @@ from engine.store import Store
 def register(commands: argparse._SubParsersAction) -> None:
     listing = commands.add_parser("list", help="list executions, newest first")
     listing.add_argument("--state", choices=[s.value for s in State])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--limit", type=_positive_int, default=50, help="max runs shown (default 50)"
+    )
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=list_command)
 
@@ -23,6 +25,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     show.add_argument("id", help="execution id or a unique prefix of it")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=show_command)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def list_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,6 +50,8 @@ def list_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def resolve_execution_id(store: Store, text: str) -> str:
     """Return the full id that `text` names, or raise naming the problem."""
+    if not text.strip():
+        raise InvalidRequestError("the execution id is empty: `engine list` shows ids")
     matches = store.find_executions(text)
     if len(matches) > 1:
         raise InvalidRequestError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from engine.cli import (
@@ -12,7 +13,12 @@ from engine.cli import (
     run_command,
     trace_command,
 )
-from engine.cli.exit_codes import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE
+from engine.cli.exit_codes import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    EXIT_USAGE,
+)
 from engine.cli.logconfig import configure_logging
 from engine.exceptions import EngineError, UsageError
 from engine.settings import load_settings
@@ -40,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command_name", required=True)
     for module in COMMAND_MODULES:
         module.register(commands)
+    for subparser in commands.choices.values():
+        # Also accept -v after the subcommand, as in `engine run -v -- ...`.
+        subparser.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=argparse.SUPPRESS,
+            help="log more (-vv: debug)",
+        )
     return parser
 
 
@@ -57,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (`engine list | head -1`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

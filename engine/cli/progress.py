@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
+from engine.cli import render
 from engine.observers import RunObserver
 from engine.states import State
 
@@ -21,13 +20,17 @@ class ProgressObserver(RunObserver):
     def __init__(self, *, show_output: bool, show_progress: bool):
         self.show_output = show_output
         self.show_progress = show_progress
-        self.console = Console(stderr=True, highlight=False)
+        self.console = render.console(stderr=True)
+        # Whether the agent's last output byte ended a line, so progress lines
+        # never continue an unfinished output line on a shared terminal.
+        self._at_line_start = True
 
     def on_transition(self, run: Run, row: TransitionRecord) -> None:
         if not self.show_progress:
             return
         spent = f" ({row.duration:.2f} s in {row.from_state})" if row.duration else ""
         colour = "red" if row.to_state == State.FAILED else "cyan"
+        self._end_output_line()
         self.console.print(
             f"[dim]{row.at:%H:%M:%S}[/] [{colour}]{row.to_state}[/]{spent}"
         )
@@ -38,8 +41,16 @@ class ProgressObserver(RunObserver):
         target = sys.stdout if stream == "stdout" else sys.stderr
         target.buffer.write(data)
         target.buffer.flush()
+        if data:
+            self._at_line_start = data.endswith(b"\n")
+
+    def _end_output_line(self) -> None:
+        if not self._at_line_start and sys.stdout.isatty() and sys.stderr.isatty():
+            sys.stderr.write("\n")
+        self._at_line_start = True
 
     def print_summary(self, record: ExecutionRecord) -> None:
+        self._end_output_line()
         duration = ""
         if record.finished_at is not None:
             seconds = (record.finished_at - record.created_at).total_seconds()

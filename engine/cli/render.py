@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,18 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.records import ExecutionRecord
+from engine.store import utcnow
 
 # Output files larger than this are named in --json output instead of inlined.
 MAX_INLINE_OUTPUT = 1 << 20
+
+
+def console(*, stderr: bool = False) -> Console:
+    """Return a console that wraps nothing when its stream is not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, width=240, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -62,26 +72,53 @@ def print_list(records: list[ExecutionRecord]) -> None:
             f"{record.created_at:%Y-%m-%d %H:%M:%S}",
             record.error_type or "",
         )
-    Console(highlight=False).print(table)
+    console().print(table)
 
 
 def print_record(record: ExecutionRecord) -> None:
-    console = Console(highlight=False)
-    console.print(f"execution  {record.id}")
-    console.print(f"state      {record.state.value}")
-    console.print(f"backend    {record.backend}")
-    console.print(f"machine    {record.resource_name or '-'}")
+    out = console()
+    command = record.request.get("command") or []
+    fields = [
+        ("execution", record.id),
+        ("state", record.state.value),
+        ("command", shlex.join(command)),
+        ("backend", record.backend),
+        ("machine", record.resource_name or "-"),
+    ]
     if record.exit_code is not None:
-        console.print(f"exit code  {record.exit_code}")
+        fields.append(("exit code", str(record.exit_code)))
     if record.error_type:
-        console.print(
-            f"error      {record.error_type} in {record.failed_state}: "
-            f"{record.error_message}"
+        fields.append(
+            (
+                "error",
+                f"{record.error_type} in {record.failed_state}: {record.error_message}",
+            )
         )
     if record.leaked:
-        console.print("leaked     yes: `engine reap` removes the machine")
-    console.print(f"created    {record.created_at.isoformat(timespec='seconds')}")
-    console.print(f"run folder {record.run_dir}")
+        fields.append(("leaked", "yes: `engine reap` removes the machine"))
+    fields.append(("created", record.created_at.isoformat(timespec="seconds")))
+    if record.finished_at is not None:
+        seconds = (record.finished_at - record.created_at).total_seconds()
+        fields.append(("finished", f"{record.finished_at:%H:%M:%S} ({seconds:.2f} s)"))
+    else:
+        fields.append(("owner", _owner_text(record)))
+    fields.append(("attempt", str(record.attempt)))
+    fields.append(("run folder", record.run_dir or "-"))
+    for name, value in fields:
+        out.print(f"{name:<11}{value}", markup=False)
+    out.print(_transition_table(record))
+
+
+def _owner_text(record: ExecutionRecord) -> str:
+    if record.owner is None or record.lease_expires_at is None:
+        return "-"
+    remaining = (record.lease_expires_at - utcnow()).total_seconds()
+    if remaining < 0:
+        return f"{record.owner}, lease expired {-remaining:.0f} s ago"
+    return f"{record.owner}, lease valid for {remaining:.0f} s"
+
+
+def _transition_table(record: ExecutionRecord) -> Table:
     table = Table(box=None)
     for column in ("seq", "at (UTC)", "from", "to", "trigger", "spent in from"):
         table.add_column(column)
@@ -94,4 +131,4 @@ def print_record(record: ExecutionRecord) -> None:
             row.trigger,
             "" if row.duration is None else f"{row.duration:.3f} s",
         )
-    console.print(table)
+    return table

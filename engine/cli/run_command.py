@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.cli import render
-from engine.cli.exit_codes import EXIT_RUN_FAILED
+from engine.cli.exit_codes import EXIT_INTERRUPTED, EXIT_RUN_FAILED
 from engine.cli.progress import ProgressObserver
 from engine.engine import Engine, validate_upload_dir
 from engine.exceptions import InvalidRequestError
@@ -58,24 +58,59 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     progress = ProgressObserver(
         show_output=not args.json, show_progress=sys.stderr.isatty() or args.verbose > 0
     )
-    record = asyncio.run(run_with_signals(settings, request, [progress]))
+    backend = request.backend or settings.container_runtime
+    if backend.strip().lower() == "instant":
+        progress.console.print(
+            "[yellow]warning:[/] the instant backend is a test double: "
+            "nothing runs and no output is produced"
+        )
+    interrupted = Interrupted()
+    record = asyncio.run(run_with_signals(settings, request, [progress], interrupted))
+    if record is None:
+        return EXIT_INTERRUPTED
     if args.json:
         render.print_json(render.record_with_output(record))
     else:
         progress.print_summary(record)
     if record.state is State.DONE:
         return record.exit_code or 0
+    if interrupted.received and record.error_type == "cancelled":
+        return EXIT_INTERRUPTED
     return EXIT_RUN_FAILED
 
 
+class Interrupted:
+    """Whether SIGINT or SIGTERM arrived during `engine run`."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.engine: Engine | None = None
+
+    def __call__(self) -> None:
+        self.received = True
+        if self.engine is not None:
+            self.engine.interrupt()
+
+
 async def run_with_signals(
-    settings: Settings, request: ExecutionRequest, observers: list
-) -> ExecutionRecord:
-    """Run `request`; SIGINT and SIGTERM cancel it, so its machine is deleted."""
+    settings: Settings,
+    request: ExecutionRequest,
+    observers: list,
+    interrupted: Interrupted,
+) -> ExecutionRecord | None:
+    """Run `request`; SIGINT and SIGTERM cancel it, so its machine is deleted.
+
+    The handlers are installed before the engine opens its database, so an
+    early signal is never lost. Returns None when it arrived before submission.
+    """
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted)
     async with Engine(settings, observers=observers) as engine:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, engine.interrupt)
+        await asyncio.sleep(0)  # let a signal that arrived while opening be handled
+        if interrupted.received:
+            return None
+        interrupted.engine = engine
         return await engine.run(request)
 
 
@@ -130,6 +165,8 @@ def _read_input(source: str | None) -> bytes | None:
     if source == "-":
         return sys.stdin.buffer.read()
     path = Path(source)
+    if path.is_dir():
+        raise InvalidRequestError(f"--input {source!r} is a folder; give a file")
     if not path.is_file():
         raise InvalidRequestError(f"--input file {source!r} does not exist")
     return path.read_bytes()

@@ -15,7 +15,6 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -171,7 +170,7 @@ def print_timeline(record: ExecutionRecord, trace_spans: list[ReadableSpan]) -> 
     root = trace_spans[-1]
     origin = root.start_time or 0
     total = max((root.end_time or origin) - origin, 1)
-    console = Console(highlight=False)
+    console = render.console()
     console.print(f"execution  {record.id}  {record.state.value}")
     console.print(f"trace      {spans.trace_id_of(record):032x}")
     console.print(

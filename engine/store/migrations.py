@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from alembic import command
 from engine.exceptions import MigrationError
@@ -18,6 +21,9 @@ logger = logging.getLogger(__name__)
 # NOTE: the migrations are found beside the package, so the engine must be
 # installed from a checkout (`pip install -e .`), as the README does.
 SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+
+# Any fixed number works; it only has to be the same in every engine process.
+ADVISORY_LOCK_KEY = 0x656E67696E65
 
 
 def alembic_config(url: str) -> Config:
@@ -43,19 +49,40 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, url: str) -> bool:
-    """Upgrade the schema to the newest revision; return whether anything ran."""
+    """Upgrade the schema to the newest revision; return whether anything ran.
+
+    Processes that start together on a new database take turns: a file lock
+    beside a SQLite database, an advisory lock on PostgreSQL.
+    """
     config = alembic_config(url)
     head = head_revision(config)
     if current_revision(engine) == head:
         return False
-    logger.info("migrating database", extra={"action": "migrate", "revision": head})
-    try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-    except Exception as exc:
-        # Another process may have migrated the same database a moment earlier.
-        if current_revision(engine) == head:
+    with _sqlite_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            )
+        if MigrationContext.configure(connection).get_current_revision() == head:
             return False
-        raise MigrationError(f"database migration to {head} failed: {exc}") from exc
+        logger.info("migrating database", extra={"action": "migrate", "revision": head})
+        config.attributes["connection"] = connection
+        try:
+            command.upgrade(config, "head")
+        except Exception as exc:
+            raise MigrationError(f"database migration to {head} failed: {exc}") from exc
     return True
+
+
+@contextlib.contextmanager
+def _sqlite_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

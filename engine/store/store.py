@@ -23,10 +23,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-from engine.exceptions import ExecutionNotFoundError, LeaseLostError
+from engine.exceptions import DatabaseError, ExecutionNotFoundError, LeaseLostError
 from engine.records import ExecutionRecord, TransitionRecord
 from engine.states import State
 from engine.store import migrations
@@ -78,9 +78,17 @@ class Store:
 
     def __init__(self, url: str, *, migrate: bool = True):
         self.url = url
-        self.db = create_db_engine(url)
-        if migrate:
-            migrations.upgrade(self.db, url)
+        try:
+            self.db = create_db_engine(url)
+            with self.db.connect():
+                pass
+            if migrate:
+                migrations.upgrade(self.db, url)
+        except (ArgumentError, OperationalError, OSError) as exc:
+            raise DatabaseError(
+                f"cannot open database {_redacted(url)!r}: {_first_line(exc)}; "
+                "check ENGINE_DATABASE_URL or ENGINE_DATA_DIR"
+            ) from exc
         self._install_id: str | None = None
 
     def close(self) -> None:
@@ -282,6 +290,19 @@ class Store:
             query = query.where(resources.c.backend == backend)
         with self.db.connect() as conn:
             return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def _redacted(url: str) -> str:
+    """Return `url` with any password replaced, for error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def _transition_row(row: TransitionRecord) -> dict[str, Any]:

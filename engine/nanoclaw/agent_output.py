@@ -2,9 +2,9 @@
 
 A parser turns the CLI's stdout into `AgentEvent`s: a result text, a new session
 id, or an error. The first ERROR event decides the run: it failed, and if the agent
-process still runs the caller stops it. Error events say whether the session id
-to resume was unknown (retry once without it), whether authentication failed, or
-whether the API could not be reached.
+process still runs the caller stops it. An error event's `error_kind` tells whether
+the session id to resume was unknown (retry once without it), whether authentication
+failed, or whether the API could not be reached.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 logger = logging.getLogger(__name__)
 
 MAX_LINE_CHARS = 16 * 1024 * 1024
-"""Longest stdout line a parser keeps; a longer line becomes an error event."""
+"""Maximum length of one stdout line; a longer line becomes an error event."""
 
 # Runs the CLI with stdin read from the prompt file. The script text is fixed: the
 # prompt file and the CLI's argv arrive as positional parameters, never as shell code.
@@ -136,7 +136,7 @@ class OutputParser(ABC):
 
     @property
     def stale_session(self) -> bool:
-        """True if the agent said the session to resume does not exist."""
+        """True if the agent reported that the session to resume does not exist."""
         return any(e.error_kind is ErrorKind.STALE_SESSION for e in self.errors)
 
     def feed(self, chunk: str) -> list[AgentEvent]:
@@ -186,7 +186,7 @@ class OutputParser(ABC):
         return []
 
     def _track(self, events: list[AgentEvent]) -> list[AgentEvent]:
-        kept = []
+        emitted = []
         for event in events:
             if event.kind is EventKind.SESSION:
                 if event.session_id == self.session_id:
@@ -202,8 +202,8 @@ class OutputParser(ABC):
                         extra={"action": "agent_error", "parser": self.name},
                     )
                     continue
-            kept.append(event)
-        return kept
+            emitted.append(event)
+        return emitted
 
 
 def exit_error(name: str, exit_code: int, stderr: str) -> AgentEvent:
@@ -215,9 +215,12 @@ def exit_error(name: str, exit_code: int, stderr: str) -> AgentEvent:
     return AgentEvent.error(message, classify_error(stderr_tail))
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 def tail(text: str, limit: int = 2000) -> str:
-    """Return the last `limit` characters of `text`, stripped."""
-    text = text.strip()
+    """Return the last `limit` characters of `text`, without colour codes."""
+    text = _ANSI_ESCAPE.sub("", text).strip()
     return text if len(text) <= limit else "..." + text[-limit:]
 
 

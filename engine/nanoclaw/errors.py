@@ -50,7 +50,7 @@ class MountAllowlistError(NanoClawError):
 
 
 class MountRejectedError(NanoClawError):
-    """An additional mount is not allowed; `reason` says which check failed."""
+    """An additional mount is not allowed; `reason` names the check that failed."""
 
     def __init__(self, host_path: str, reason: str) -> None:
         super().__init__(f"additional mount {host_path!r} rejected: {reason}")

@@ -1,6 +1,6 @@
 """A NanoClaw group's settings: folder names, `config.json` and extra mounts.
 
-Each group has a folder `groups/<folder>/`. Its optional `config.json` holds a
+Each group has a folder `groups/<folder>/`. Its optional `config.json` contains a
 `containerConfig` object::
 
     {"containerConfig": {"runtime": "docker", "timeout": 600000,
@@ -21,7 +21,7 @@ cannot edit it::
 The rules follow NanoClaw v1's `src/mount-security.ts`: without an allowlist file
 every additional mount is rejected; the host path is resolved through symlinks and
 must exist, lie under an allowed root and match no blocked pattern; the mount is
-read-only unless it asks for read-write, its root allows it, and the group is main
+read-only unless it requests read-write, its root allows it, and the group is main
 or `nonMainReadOnly` is false; it appears in the machine at
 `/workspace/extra/<containerPath>`.
 """
@@ -49,7 +49,7 @@ from engine.nanoclaw.errors import (
 logger = logging.getLogger(__name__)
 
 # NanoClaw's rule (src/group-folder.ts): 1-64 characters, letters, digits, "_" and
-# "-", starting with a letter or digit. "global" holds memory shared by all groups.
+# "-", starting with a letter or digit. "global" contains memory shared by all groups.
 GROUP_FOLDER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESERVED_GROUP_FOLDERS = frozenset({"global"})
 
@@ -118,7 +118,7 @@ def resolve_group_dir(groups_root: Path, folder: str) -> Path:
 
 
 class AdditionalMount(BaseModel):
-    """A host directory that a group asks to see inside the machine."""
+    """A host directory that a group requests inside the machine."""
 
     model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True)
 
@@ -142,7 +142,7 @@ class ContainerConfig(BaseModel):
     timeout: int | None = Field(default=None, gt=0)
     """Hard timeout of one run in milliseconds, as in NanoClaw (300000 = 5 min)."""
     additional_mounts: tuple[AdditionalMount, ...] = Field(
-        default=(), alias="additionalMounts"
+        default=(), alias="additionalMounts", strict=False
     )
     cpu: float | None = Field(default=None, gt=0, le=1024)
     """Number of CPUs, fractions allowed (Docker's `--cpus`)."""
@@ -247,10 +247,10 @@ def _read_config_file(path: Path) -> str | None:
             "not a symlink",
             str(path),
         ) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GroupConfigError(f"{path} is not a regular file", str(path))
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise GroupConfigError(f"{path} is not a regular file", str(path))
         data = handle.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise GroupConfigError(
@@ -285,8 +285,8 @@ class MountAllowlist(BaseModel):
 
     model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True)
 
-    allowed_roots: tuple[AllowedRoot, ...] = Field(alias="allowedRoots")
-    blocked_patterns: tuple[str, ...] = Field(alias="blockedPatterns")
+    allowed_roots: tuple[AllowedRoot, ...] = Field(alias="allowedRoots", strict=False)
+    blocked_patterns: tuple[str, ...] = Field(alias="blockedPatterns", strict=False)
     non_main_read_only: bool = Field(alias="nonMainReadOnly")
 
     @property
@@ -356,13 +356,9 @@ def validate_mount(
     requested = _expand_home(mount.host_path, home)
     real_path = _real_path(mount.host_path, requested)
 
-    patterns = allowlist.effective_blocked_patterns
-    for candidate in (str(requested), str(real_path)):
-        blocked = next((p for p in patterns if p in candidate), None)
-        if blocked is not None:
-            raise MountRejectedError(
-                mount.host_path, f"path {candidate} matches blocked pattern {blocked!r}"
-            )
+    # Both paths are checked, so neither the link nor its target may match.
+    for candidate in (requested, real_path):
+        _check_blocked(mount.host_path, candidate, allowlist.effective_blocked_patterns)
 
     root = _find_allowed_root(real_path, allowlist.allowed_roots, home)
     if root is None:
@@ -412,6 +408,15 @@ def validate_additional_mounts(
                 },
             )
     return accepted
+
+
+def _check_blocked(host_path: str, path: Path, patterns: Sequence[str]) -> None:
+    text = str(path)
+    blocked = next((pattern for pattern in patterns if pattern in text), None)
+    if blocked is not None:
+        raise MountRejectedError(
+            host_path, f"path {text} matches blocked pattern {blocked!r}"
+        )
 
 
 def _check_container_path(host_path: str, container_path: str) -> None:

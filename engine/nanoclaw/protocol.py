@@ -1,7 +1,7 @@
 """NanoClaw's container protocol: the input on stdin and the framed outputs on stdout.
 
 NanoClaw (v1, `src/container-runner.ts`) writes one `ContainerInput` JSON object to
-the agent's stdin and closes it. The agent answers with zero or more
+the agent's stdin and closes it. The agent replies with zero or more
 `ContainerOutput` objects, each printed as three lines::
 
     ---NANOCLAW_OUTPUT_START---
@@ -161,8 +161,8 @@ class ContainerInput(BaseModel):
 class ContainerOutput(BaseModel):
     """One result that NanoClaw reads between the output markers.
 
-    `result` is always present on the wire (a string or null); `newSessionId` and
-    `error` are left out when they have no value, as NanoClaw's agent-runner does.
+    `result` is always present on the wire, as a string or null. `newSessionId`
+    and `error` are left out when they have no value, as in NanoClaw's agent-runner.
     """
 
     model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True)
@@ -228,7 +228,7 @@ def _describe_errors(exc: ValidationError) -> list[str]:
 
 
 def encode_output(output: ContainerOutput) -> str:
-    """Encode one output as a single line of ASCII JSON that holds no marker.
+    """Encode one output as a single line of ASCII JSON without either marker.
 
     ASCII keeps every character one byte long: NanoClaw decodes each stdout chunk on
     its own, so a multi-byte character split across two chunks would be garbled.

@@ -1,18 +1,14 @@
 """Agent runtimes: the command line of each agent CLI and a parser for its output.
 
 Each runtime builds the argv that runs its CLI inside the machine with the prompt on
-stdin, read from a prompt file, never from the command line. Its parser takes the
-CLI's stdout line by line as it arrives and returns `AgentEvent`s: a result text,
-a new session id, or an error. Error events say whether the session id was unknown
-(the caller retries once without it), whether authentication failed, or whether the
-API could not be reached.
-
-Output formats, checked against the CLIs installed by scripts/build-agent-image.sh
-(versions in docs; see the samples in tests/test_nanoclaw_runtimes.py):
+stdin, read from a prompt file and never from the command line. Its parser turns the
+CLI's stdout into `AgentEvent`s (see `agent_output`). The output formats below were
+checked against Claude Code 2.1.332, codex-cli 0.171.0 and OpenCode 1.18.33 as
+installed by scripts/build-agent-image.sh; tests/data/nanoclaw has the recordings.
 
 - Claude Code `claude -p --output-format stream-json --verbose`: one JSON object
-  per line; `{"type":"system","subtype":"init","session_id":...}` first, a final
-  `{"type":"result","is_error":...,"result":...,"session_id":...}`.
+  per line. `{"type":"system","subtype":"init","session_id":...}` comes first and
+  `{"type":"result","is_error":...,"result":...,"session_id":...}` last.
 - Codex `codex exec --json -`: JSONL events `thread.started` (`thread_id`),
   `item.completed` (item `type` "agent_message" with `text`), `turn.completed`,
   `turn.failed` (`error.message`) and `error` (`message`).
@@ -120,15 +116,38 @@ class ClaudeParser(OutputParser):
             return self._plain_line(line)
         events: list[AgentEvent] = []
         session_id = event.get("session_id")
-        if isinstance(session_id, str) and session_id:
+        # The session id counts from the init message, or from a result without
+        # an error. A failed resume echoes the unknown id in its result, and
+        # that id must not be handed back to NanoClaw.
+        starts = event.get("type") == "system" and event.get("subtype") == "init"
+        succeeds = event.get("type") == "result" and not event.get("is_error")
+        if isinstance(session_id, str) and session_id and (starts or succeeds):
             events.append(AgentEvent.session(session_id))
-        if event.get("type") == "assistant" and event.get("is_api_error_message"):
+        if event.get("type") == "system" and event.get("subtype") == "api_retry":
+            retry_error = self._retry_error(event)
+            if retry_error is not None:
+                events.append(retry_error)
+        elif event.get("type") == "assistant" and event.get("is_api_error_message"):
             # A synthetic message that carries the failure class, e.g.
-            # "authentication_failed" while the text says "Not logged in".
+            # "authentication_failed" while its text is "Not logged in".
             self._api_error = str(event.get("error") or "")
         elif event.get("type") == "result":
             events.append(self._result(event))
         return events
+
+    def _retry_error(self, event: dict[str, Any]) -> AgentEvent | None:
+        # Claude Code 2.1.332 retries a rejected key 10 times, about three minutes.
+        # A retry cannot fix a bad key, so the first retry is reported.
+        status = event.get("error_status")
+        if self.errors:
+            return None
+        if status in (401, 403) or event.get("error") == "authentication_failed":
+            return AgentEvent.error(
+                f"the API rejected the credentials (HTTP {status}); "
+                "check the API key or token passed to claude",
+                ErrorKind.AUTH,
+            )
+        return None
 
     def _result(self, event: dict[str, Any]) -> AgentEvent:
         result = event.get("result")
@@ -178,8 +197,9 @@ class ClaudeRuntime(AgentRuntime):
     name: ClassVar[str] = "claude"
     model: str | None = None
     skip_permissions: bool = True
-    """Let the agent use every tool without asking, as NanoClaw does; the machine is
-    the sandbox. Claude Code refuses this flag when it runs as root."""
+    """Let the agent use every tool without asking, as NanoClaw does, because the
+    machine is the sandbox. Claude Code 2.1.332 exits with code 1 when this flag is
+    used as root."""
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     def argv(self, session_id: str | None = None) -> list[str]:
@@ -222,9 +242,11 @@ class CodexParser(OutputParser):
         if kind == "thread.started" and isinstance(event.get("thread_id"), str):
             return [AgentEvent.session(event["thread_id"])]
         if kind == "item.completed":
-            item = event.get("item") or {}
-            if item.get("type") == "agent_message" and isinstance(
-                item.get("text"), str
+            item = event.get("item")
+            if (
+                isinstance(item, dict)
+                and item.get("type") == "agent_message"
+                and isinstance(item.get("text"), str)
             ):
                 self._last_message = item["text"]
             return []
@@ -232,18 +254,19 @@ class CodexParser(OutputParser):
             text, self._last_message = self._last_message, None
             return [AgentEvent.result(text)]
         if kind == "turn.failed":
-            error = event.get("error") or {}
-            message = str(error.get("message") or self._last_error or "turn failed")
+            error = event.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            message = str(message or self._last_error or "turn failed")
             return [AgentEvent.error(message, _codex_error_kind(message))]
         if kind == "error":
             return self._error(str(event.get("message") or ""))
         return []
 
     def _error(self, message: str) -> list[AgentEvent]:
-        # Codex reports its retries this way ("Reconnecting... 2/5 (...)"); the
-        # final word is turn.failed or the exit status. But once it says
-        # "waiting for network" it waits without limit (codex-cli 0.171), so that
-        # is reported at once and the caller stops the agent.
+        # Codex reports its retries this way ("Reconnecting... 2/5 (...)"), and
+        # turn.failed or the exit status ends the run. But after "waiting for
+        # network" codex-cli 0.171 waits without limit, so that message is
+        # reported at once and the caller stops the agent.
         self._last_error = message
         if _CODEX_NETWORK_WAIT.search(message) and not self.errors:
             return [AgentEvent.error(message, ErrorKind.NETWORK)]
@@ -358,7 +381,7 @@ def _opencode_error(error: Any) -> AgentEvent:
     name = str(error.get("name") or "Error")
     data = error.get("data") if isinstance(error.get("data"), dict) else {}
     message = str(data.get("message") or name)
-    if name == "ProviderAuthError":
+    if name == "ProviderAuthError" or data.get("statusCode") in (401, 403):
         return AgentEvent.error(message, ErrorKind.AUTH)
     return AgentEvent.error(message, classify_error(f"{name}: {message}"))
 
@@ -370,10 +393,15 @@ class OpenCodeRuntime(AgentRuntime):
     name: ClassVar[str] = "opencode"
     model: str | None = None
     """Model as provider/model, e.g. "anthropic/claude-sonnet-4-5"."""
+    auto_approve: bool = True
+    """Approve tool permissions without asking (`--auto`), because the machine is
+    the sandbox. Without it `opencode run` rejects every permission request."""
     extra_args: Sequence[str] = field(default_factory=tuple)
 
     def argv(self, session_id: str | None = None) -> list[str]:
         argv = ["opencode", "run", "--format", "json"]
+        if self.auto_approve:
+            argv.append("--auto")
         if self.model:
             argv += ["--model", self.model]
         if session_id:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import db_command, inspect_commands, run_command
+from engine.cli import control_commands, db_command, inspect_commands, run_command
 from engine.cli.exit_codes import EXIT_INTERRUPTED, EXIT_RUN_FAILED, EXIT_USAGE
 from engine.cli.logconfig import configure_logging
 from engine.exceptions import EngineError, UsageError
 from engine.settings import load_settings
 
 # Each module adds its subcommands with `register(subparsers)`.
-COMMAND_MODULES = (run_command, inspect_commands, db_command)
+COMMAND_MODULES = (run_command, inspect_commands, control_commands, db_command)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,6 +41,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--memory", help="memory limit, e.g. 512m")
     run.add_argument("--network", help="network mode (default none)")
     run.add_argument("--group", help="group name stored with the run")
+    run.add_argument(
+        "--resume-policy",
+        choices=["fail", "rerun"],
+        help="if a resumed run's agent is gone: fail the run or start the agent "
+        "again (ENGINE_RESUME_POLICY, default fail)",
+    )
     run.add_argument("--json", action="store_true", help="print the record as JSON")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(handler=run_command)
@@ -99,6 +105,7 @@ def request_from_args(args: argparse.Namespace) -> ExecutionRequest:
             cpus=args.cpus,
             memory=args.memory,
             network=args.network,
+            resume_policy=args.resume_policy,
         )
     except ValueError as exc:
         raise InvalidRequestError(render.validation_message(exc)) from exc

@@ -14,6 +14,7 @@ only code that runs a VM tool or talks to a container runtime.
     collecting   collect       copy results back to the host, safely
     deleting     delete        stop and remove it; "not found" counts as done
     (reaper)     list_resources  this install's machines
+                 delete_by_name  delete a listed machine; "not found" is done
     (submit)     check_available raise BackendUnavailableError if the tool is missing
 
 Every method must be safe to repeat after a crash (see docs/operations.md).
@@ -136,6 +137,10 @@ class Backend(Protocol):
     ) -> None: ...
 
     async def delete(self, machine: Machine) -> None: ...
+
+    async def delete_by_name(
+        self, name: str, execution_id: str | None = None
+    ) -> None: ...
 
     async def list_resources(self, install_id: str) -> list[Resource]: ...
 

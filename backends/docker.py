@@ -16,7 +16,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from backends import guest
 from backends.base import (
@@ -47,6 +47,10 @@ SHARES_ROOT = "/engine/shares"
 # Keeps the container running between steps; `docker rm -f` ends it.
 KEEPALIVE = ["-c", "while :; do sleep 3600; done"]
 READY_POLL_SECONDS = 0.02
+# Container states (`.State.Status`) that a repeated cloning step reuses: the
+# booting step's `docker start` works on each. Other states, such as `dead` or
+# `paused`, make cloning delete the container and create it again.
+REUSABLE_STATES = frozenset({"created", "running", "exited"})
 
 
 class DockerBackend:
@@ -68,9 +72,11 @@ class DockerBackend:
     # -- steps ------------------------------------------------------------
 
     async def create(self, spec: MachineSpec) -> Machine:
-        existing = await self._labels(spec.name)
+        """Create the container, or reuse the one an earlier attempt created."""
+        existing = await self._inspect(spec.name)
         if existing is not None:
-            if existing.get(EXECUTION_LABEL) != spec.execution_id:
+            labels = existing.get("Config", {}).get("Labels") or {}
+            if labels.get(EXECUTION_LABEL) != spec.execution_id:
                 raise BackendError(
                     f"container name {spec.name!r} is taken by a container that "
                     "does not belong to this execution; remove it with "
@@ -79,7 +85,16 @@ class DockerBackend:
                     execution_id=spec.execution_id,
                     resource=spec.name,
                 )
-            return Machine(spec.name, spec, details={"reused": True})
+            status = existing.get("State", {}).get("Status")
+            if status in REUSABLE_STATES:
+                details = {"container_id": existing.get("Id"), "reused": True}
+                return Machine(spec.name, spec, details=details)
+            logger.warning(
+                "container of an earlier attempt is %s; creating it again",
+                status,
+                extra={"action": "recreate", "resource": spec.name},
+            )
+            await self.delete_by_name(spec.name, spec.execution_id)
         result = await self._docker(*self._create_args(spec), check=False)
         if result.returncode != 0:
             raise self._create_error(spec, result)
@@ -293,14 +308,10 @@ class DockerBackend:
 
     # -- docker CLI -------------------------------------------------------
 
-    async def _labels(self, name: str) -> dict[str, str] | None:
+    async def _inspect(self, name: str) -> dict[str, Any] | None:
+        """Return `docker container inspect` of `name`, or None if it does not exist."""
         result = await self._docker(
-            "container",
-            "inspect",
-            "--format",
-            "{{json .Config.Labels}}",
-            name,
-            check=False,
+            "container", "inspect", "--format", "{{json .}}", name, check=False
         )
         if result.returncode != 0:
             if "No such" in result.stderr_text:

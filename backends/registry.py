@@ -59,22 +59,40 @@ def available_backends() -> list[str]:
     return sorted(FACTORIES)
 
 
+def _tool_installed(name: str) -> bool:
+    on_mac = sys.platform == "darwin"
+    if name == "apple-container":
+        return on_mac and shutil.which("container") is not None
+    if name == "tart":
+        return on_mac and shutil.which("tart") is not None
+    if name == "docker":
+        return shutil.which("docker") is not None
+    return False
+
+
 def detect_backend() -> str:
     """Return the first usable backend: Apple Container, then Tart, then Docker."""
-    on_mac = sys.platform == "darwin"
     for name in DETECTION_ORDER:
-        if name not in FACTORIES:
-            continue
-        if name == "apple-container" and on_mac and shutil.which("container"):
-            return name
-        if name == "tart" and on_mac and shutil.which("tart"):
-            return name
-        if name == "docker" and shutil.which("docker"):
+        if name in FACTORIES and _tool_installed(name):
             return name
     raise BackendUnavailableError(
         "no backend found: install Docker (on Debian: apt-get install docker.io), "
         "or on macOS Apple's container tool or tart, or set CONTAINER_RUNTIME"
     )
+
+
+def usable_backends(settings: Settings) -> list[str]:
+    """Return every known backend whose tool is installed on this host.
+
+    The backend that CONTAINER_RUNTIME names is included even without a tool,
+    such as the in-process instant backend.
+    """
+    names = [name for name in DETECTION_ORDER if name in FACTORIES]
+    usable = [name for name in names if _tool_installed(name)]
+    chosen = (settings.container_runtime or "auto").strip().lower()
+    if chosen in FACTORIES and chosen not in usable:
+        usable.append(chosen)
+    return usable
 
 
 def resolve_backend_name(name: str | None, settings: Settings) -> str:

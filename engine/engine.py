@@ -1,4 +1,4 @@
-"""The Engine: the Python API that submits and drives executions.
+"""The Engine: the Python API that submits, drives, resumes and cleans up executions.
 
 async with Engine() as engine:
     record = await engine.run(ExecutionRequest(command=["echo", "hi"]))
@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, Machine, MachineSpec, Share, machine_name
-from backends.registry import create_backend, resolve_backend_name
+from backends.registry import create_backend, resolve_backend_name, usable_backends
+from engine import lease, resume
 from engine.bundle import Bundle
-from engine.exceptions import InvalidRequestError, LeaseLostError
+from engine.exceptions import (
+    EngineError,
+    InvalidRequestError,
+    LeaseHeldError,
+    LeaseLostError,
+)
+from engine.faults import CrashInjector, crash
 from engine.observers import RunObserver
+from engine.reaper import Reaper, ReapReport
 from engine.records import ExecutionRecord, ExecutionRequest, TransitionRecord
 from engine.runner import Run, RunContext
 from engine.settings import Settings, load_settings
@@ -30,7 +38,7 @@ from engine.states import CREATED_TRIGGER, State, build_machine
 from engine.store import Store, utcnow
 from engine.store.chain import GENESIS, transition_hash
 from engine.tracing import create_trace_observer
-from engine.worker import current_worker
+from engine.worker import WorkerIdentity, current_worker
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +53,19 @@ class Engine:
         store: Store | None = None,
         backends: dict[str, Backend] | None = None,
         observers: Sequence[RunObserver] = (),
+        worker: WorkerIdentity | None = None,
     ):
         self.settings = settings or load_settings()
         # None when ENGINE_TRACE_EXPORTER is `none`.
         self._tracer = create_trace_observer(self.settings)
         self.store = store or Store(self.settings.database_url)
-        self.worker = str(current_worker())
+        # The lease owner id; tests pass another identity to act as a second worker.
+        self.worker = str(worker or current_worker())
         self.observers = list(observers)
         if self._tracer is not None:
             self.observers.append(self._tracer)
+        if self.settings.engine_test_crash_in:
+            self.observers.append(CrashInjector(self.settings.engine_test_crash_in))
         self._backends: dict[str, Backend] = dict(backends or {})
         self._machine = build_machine()
         self._slots = asyncio.Semaphore(self.settings.engine_max_concurrent_runs)
@@ -113,13 +125,18 @@ class Engine:
         run_dir = self.settings.runs_dir / execution_id
         now = utcnow()
         first = self._first_transition(execution_id, now)
+        stored_request = request.stored_form()
+        # Fixed at submit, so a resume in another process follows the same policy.
+        stored_request["resume_policy"] = (
+            request.resume_policy or self.settings.engine_resume_policy
+        )
         values: dict[str, Any] = {
             "id": execution_id,
             "install_id": self.install_id,
             "group_name": request.group,
             "backend": backend_name,
             "state": State.REQUESTED.value,
-            "request": request.stored_form(),
+            "request": stored_request,
             "resource_name": None,
             "resource_details": {},
             "leaked": False,
@@ -142,6 +159,8 @@ class Engine:
         except Exception:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
+        if self.settings.engine_test_crash_in == State.REQUESTED.value:
+            crash(State.REQUESTED.value)
         logger.info(
             "execution requested",
             extra={
@@ -180,7 +199,13 @@ class Engine:
     ) -> ExecutionRecord:
         """Drive a submitted execution that this worker owns to a terminal state."""
         record = self.store.get_execution(execution_id)
-        run = self._build_run(record, request)
+        return await self._drive_run(record, self._build_run(record, request))
+
+    async def _drive_run(
+        self, record: ExecutionRecord, run: Run, blocker: EngineError | None = None
+    ) -> ExecutionRecord:
+        """Drive `run` from `record`'s state, failing it with `blocker` first if set."""
+        execution_id = record.id
         self._machine.add_model(run, initial=record.state.value)
         self._runs[execution_id] = run
         if self._interrupted:
@@ -188,6 +213,8 @@ class Engine:
         self._tasks[execution_id] = asyncio.current_task()
         self._ensure_heartbeat()
         try:
+            if blocker is not None:
+                await run.fail(blocker)
             await run.drive(self._slots)
         except LeaseLostError:
             logger.warning(
@@ -197,6 +224,11 @@ class Engine:
         except asyncio.CancelledError:
             if execution_id not in self._lost:
                 raise
+            # The cancel only stopped this run; the task, such as a loop of
+            # `resume_all`, goes on.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
         finally:
             self._tasks.pop(execution_id, None)
             self._lost.discard(execution_id)
@@ -207,9 +239,13 @@ class Engine:
             observer.on_finished(run, final)
         return final
 
+    def run_dir(self, record: ExecutionRecord) -> Path:
+        """Return the host folder of a run's stdin copy and collected results."""
+        return Path(record.run_dir or self.settings.runs_dir / record.id)
+
     def _build_run(self, record: ExecutionRecord, request: ExecutionRequest) -> Run:
         backend = self.backend(record.backend)
-        run_dir = Path(record.run_dir or self.settings.runs_dir / record.id)
+        run_dir = self.run_dir(record)
         spec = MachineSpec(
             name=machine_name(record.install_id, record.id),
             execution_id=record.id,
@@ -255,7 +291,141 @@ class Engine:
             root_span_id=record.root_span_id,
         )
         run.resume_policy = request.resume_policy or self.settings.engine_resume_policy
+        # What earlier attempts recorded, so a run resumed in `deleting` after a
+        # failure still ends `failed`.
+        run.error_type = record.error_type
+        run.error_message = record.error_message
+        run.failed_state = record.failed_state
+        run.exit_code = record.exit_code
+        run.leaked = record.leaked
+        if record.cancel_requested_at is not None:
+            run.cancel_requested.set()
         return run
+
+    # -- recovery ------------------------------------------------------------------
+
+    async def resume(self, execution_id: str) -> ExecutionRecord:
+        """Take over an execution whose worker stopped, and drive it to its end.
+
+        The run continues from its recorded state; in `executing` it reattaches
+        to the agent. Returns the record unchanged if the run already ended.
+        Raises LeaseHeldError while a live worker holds the lease.
+        """
+        record = self.store.get_execution(execution_id)
+        if record.is_terminal:
+            return self.get(execution_id)
+        if execution_id in self._runs:
+            raise LeaseHeldError(execution_id, self.worker, record.lease_expires_at)
+        self.backend(record.backend)  # an unknown backend raises before the claim
+        lease.claim(
+            self.store, execution_id, self.worker, self.settings.engine_lease_seconds
+        )
+        return await self._drive_claimed(execution_id)
+
+    async def resume_all(self) -> list[ExecutionRecord]:
+        """Resume every execution whose lease may be taken over; return them ended.
+
+        Up to ENGINE_MAX_CONCURRENT_RUNS runs are driven at once, and each is
+        claimed only when a slot is free, so no claimed run waits without a
+        heartbeat renewing its lease.
+        """
+        attempted: set[str] = set()
+        finished: list[ExecutionRecord] = []
+
+        async def resume_until_none_left() -> None:
+            while True:
+                execution_id = lease.claim_next(
+                    self.store,
+                    self.worker,
+                    self.settings.engine_lease_seconds,
+                    exclude=attempted | self._runs.keys(),
+                )
+                if execution_id is None:
+                    return
+                attempted.add(execution_id)
+                try:
+                    finished.append(await self._drive_claimed(execution_id))
+                except EngineError as exc:
+                    # The run stays claimed by this worker, so once this
+                    # process exits, another worker can claim it again.
+                    logger.error(
+                        "resuming the execution failed: %s",
+                        exc,
+                        extra={"action": "resume", "execution_id": execution_id},
+                    )
+                    finished.append(self.get(execution_id))
+
+        slots = self.settings.engine_max_concurrent_runs
+        await asyncio.gather(*(resume_until_none_left() for _ in range(slots)))
+        return finished
+
+    async def _drive_claimed(
+        self, execution_id: str, blocker: EngineError | None = None
+    ) -> ExecutionRecord:
+        """Drive an execution that this worker has just claimed to its end.
+
+        With `blocker`, or when the run cannot be resumed, the run is failed
+        with that error and its machine deleted.
+        """
+        record = self.store.get_execution(execution_id)
+        run_dir = self.run_dir(record)
+        request, found_blocker = resume.prepare_resume(
+            record,
+            run_dir,
+            now=utcnow(),
+            default_timeout=self.settings.engine_run_timeout,
+        )
+        blocker = blocker or found_blocker
+        logger.info(
+            "resuming execution",
+            extra={
+                "action": "resume",
+                "execution_id": execution_id,
+                "state": record.state.value,
+                "error_type": blocker.error_type if blocker else None,
+            },
+        )
+        run = self._build_run(record, request)
+        run.missing_secrets = tuple(resume.secret_names(record))
+        return await self._drive_run(record, run, blocker)
+
+    async def cancel(self, execution_id: str) -> ExecutionRecord:
+        """Request that an execution stop; it ends `failed` with error `cancelled`.
+
+        The run's machine is deleted on the way. A run that this engine drives
+        stops at once; one that another live worker drives stops at that
+        worker's next heartbeat (within ENGINE_LEASE_SECONDS / 3). When no live
+        worker owns the run, this engine claims it and drives it to `failed`
+        itself. Returns the record as it is when this call returns.
+        """
+        if not self.store.request_cancel(execution_id, utcnow()):
+            return self.get(execution_id)
+        run = self._runs.get(execution_id)
+        if run is not None:
+            run.cancel_requested.set()
+            return self.get(execution_id)
+        try:
+            lease.claim(
+                self.store,
+                execution_id,
+                self.worker,
+                self.settings.engine_lease_seconds,
+            )
+        except LeaseHeldError:
+            return self.get(execution_id)
+        return await self._drive_claimed(execution_id)
+
+    async def reap(
+        self, *, dry_run: bool = False, older_than: timedelta | None = None
+    ) -> ReapReport:
+        """Delete this install's machines that no run needs; see engine/reaper.py."""
+        reaper = Reaper(self, self._drive_claimed)
+        return await reaper.reap(dry_run=dry_run, older_than=older_than)
+
+    def reap_backend_names(self) -> list[str]:
+        """Return the backends that `reap` lists machines on."""
+        names = set(self._backends) | set(usable_backends(self.settings))
+        return sorted(names)
 
     # -- leases ------------------------------------------------------------------
 
@@ -274,15 +444,27 @@ class Engine:
                 lost = self.store.renew_leases(
                     self.worker, tokens, self.settings.engine_lease_seconds
                 )
+                cancelled = self.store.cancel_requests(tokens.keys() - lost)
             except Exception:
                 logger.exception("lease renewal failed", extra={"action": "heartbeat"})
                 continue
+            for run_id in cancelled:
+                run = self._runs.get(run_id)
+                if run is not None and not run.cancel_requested.is_set():
+                    logger.info(
+                        "cancel requested; stopping the run",
+                        extra={"action": "cancel", "execution_id": run_id},
+                    )
+                    run.cancel_requested.set()
             for run_id in lost:
                 logger.warning(
                     "lease taken over by another worker; stopping the run here",
                     extra={"action": "lease_lost", "execution_id": run_id},
                 )
                 self._lost.add(run_id)
+                run = self._runs.get(run_id)
+                if run is not None:
+                    run.lease_lost = True
                 task = self._tasks.get(run_id)
                 if task is not None:
                     task.cancel()

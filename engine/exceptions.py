@@ -8,9 +8,13 @@ is the short name stored on a failed execution.
     │   ├── DatabaseError           the database URL or its folder is unusable
     │   ├── UnknownBackendError
     │   ├── ExecutionNotFoundError
-    │   └── InvalidRequestError
+    │   ├── InvalidRequestError
+    │   └── LeaseHeldError          a live worker holds the execution's lease
     ├── IllegalTransitionError      a trigger that the current state does not allow
     ├── LeaseLostError              another worker owns the execution now
+    ├── ResumeInputError            a resumed run lacks an input that was never stored
+    │   ├── SecretsUnavailableError the run had secrets and they were not uploaded yet
+    │   └── InputUnavailableError   stdin or the stored request cannot be restored
     ├── StepTimeoutError            a step or the whole run took too long
     ├── RunCancelledError           `engine cancel` asked the run to stop
     ├── MigrationError              the database schema could not be brought up to date
@@ -20,6 +24,7 @@ is the short name stored on a failed execution.
         ├── UploadError
         ├── CommandNotFoundError    the agent command does not exist in the machine
         ├── AgentLostError          the agent process vanished and left no exit status
+        ├── MachineLostError        an unfinished run's machine is no longer there
         └── MachineDeleteError      deleting the machine failed; it is leaked
 """
 
@@ -74,6 +79,22 @@ class InvalidRequestError(UsageError):
     error_type = "invalid_request"
 
 
+class LeaseHeldError(UsageError):
+    """A live worker holds the execution's lease, so it cannot be claimed."""
+
+    error_type = "lease_held"
+
+    def __init__(self, execution_id: str, owner: str | None, expires_at: object):
+        super().__init__(
+            f"execution {execution_id} is owned by worker {owner} until {expires_at}; "
+            "wait for that worker to finish it, or stop it and retry after the "
+            "lease expires",
+            execution_id=execution_id,
+        )
+        self.owner = owner
+        self.expires_at = expires_at
+
+
 class IllegalTransitionError(EngineError):
     """The current state does not allow this trigger."""
 
@@ -103,6 +124,24 @@ class LeaseLostError(EngineError):
             execution_id=execution_id,
         )
         self.token = token
+
+
+class ResumeInputError(EngineError):
+    """A resumed run needs an input that the engine never stores."""
+
+    error_type = "resume_input_missing"
+
+
+class SecretsUnavailableError(ResumeInputError):
+    """The run's secrets were not uploaded before the crash and are never stored."""
+
+    error_type = "secrets_unavailable"
+
+
+class InputUnavailableError(ResumeInputError):
+    """The run's stdin file or stored request cannot be restored."""
+
+    error_type = "input_unavailable"
 
 
 class StepTimeoutError(EngineError):
@@ -181,6 +220,12 @@ class AgentLostError(BackendError):
     """The agent process is gone and left no exit status."""
 
     error_type = "agent_lost"
+
+
+class MachineLostError(BackendError):
+    """The machine of an unfinished run is no longer on its backend."""
+
+    error_type = "machine_lost"
 
 
 class MachineDeleteError(BackendError):

@@ -19,6 +19,9 @@ class RunObserver:
     def on_transition(self, run: Run, row: TransitionRecord) -> None:
         """Called after a transition row has been committed."""
 
+    def on_agent_started(self, run: Run) -> None:
+        """Called once the agent was started and its start was committed."""
+
     def on_output(self, run: Run, stream: str, data: bytes) -> None:
         """Called with agent output as it arrives (`stdout` or `stderr`)."""
 

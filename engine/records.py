@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,3 +180,25 @@ class ExecutionRecord:
         self, transitions: tuple[TransitionRecord, ...]
     ) -> ExecutionRecord:
         return dataclasses.replace(self, transitions=transitions)
+
+
+class ClaimBasis(StrEnum):
+    """The reason that a worker may take over an execution's lease."""
+
+    # No worker owns the execution.
+    NO_OWNER = "no_owner"
+    # The owner did not renew the lease before it expired.
+    EXPIRED = "expired"
+    # The owner's process is gone from this host, so it can no longer renew.
+    OWNER_GONE = "owner_gone"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """The lease columns of one execution, read to decide on a claim."""
+
+    execution_id: str
+    state: State
+    owner: str | None
+    expires_at: datetime | None
+    token: int

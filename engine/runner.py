@@ -25,6 +25,7 @@ from engine.exceptions import (
     IllegalTransitionError,
     LeaseLostError,
     RunCancelledError,
+    SecretsUnavailableError,
     StepTimeoutError,
 )
 from engine.observers import RunObserver
@@ -106,6 +107,14 @@ class Run:
         self.output_offsets = [0, 0]
         self.cancel_requested = asyncio.Event()
         self.resume_policy = "fail"
+        # Secrets that the request named but whose values this process lacks,
+        # as after a resume. A rerun of the agent would start without them.
+        self.missing_secrets: tuple[str, ...] = ()
+        # Set by the engine's heartbeat when another worker took the lease over.
+        # The engine also cancels the drive task, but the transitions library
+        # swallows a cancellation that lands inside a trigger, so the drive
+        # checks this before every step.
+        self.lease_lost = False
 
     # -- identity used by observers -----------------------------------------
 
@@ -227,6 +236,8 @@ class Run:
             await slot.acquire()
         try:
             while not State(self.state).is_terminal:
+                if self.lease_lost:
+                    raise LeaseLostError(self.execution_id, self.token)
                 state = State(self.state)
                 if state is State.REQUESTED:
                     await self._claim()
@@ -305,6 +316,19 @@ class Run:
             f"step {state} exceeded its timeout of {self.context.step_timeout:g} s"
         )
 
+    async def fail(self, error: EngineError) -> None:
+        """Fail the run in its current state, as if its step had raised `error`."""
+        state = State(self.state)
+        if isinstance(error, RunCancelledError):
+            trigger = "cancelled"
+        elif isinstance(error, StepTimeoutError):
+            trigger = "timed_out"
+        elif state is State.REQUESTED:
+            trigger = "rejected"
+        else:
+            trigger = "step_failed"
+        await self._fail(state, error, trigger)
+
     async def _fail(self, state: State, error: EngineError, trigger: str) -> None:
         self.error_type = error.error_type
         self.error_message = str(error)
@@ -356,6 +380,7 @@ class Run:
             self.context.store.update_execution(
                 self.execution_id, self.token, resource_details=self.machine.details
             )
+            self._notify("on_agent_started")
         offsets = (self.output_offsets[0], self.output_offsets[1])
         status = await backend.wait_agent(
             self._current_machine(), self._on_output, offsets
@@ -381,7 +406,17 @@ class Run:
         status = await self.context.backend.agent_status(machine)
         if status.state is not AgentState.MISSING:
             return status
-        if "agent_started_at" in machine.details and self.resume_policy == "fail":
+        if "agent_started_at" not in machine.details:
+            return None
+        if self.resume_policy == "rerun" and self.missing_secrets:
+            raise SecretsUnavailableError(
+                f"the agent in {machine.name} is gone and the resume policy is "
+                f"`rerun`, but its secrets ({', '.join(self.missing_secrets)}) were "
+                "consumed by the first start and are never stored; submit the run "
+                "again",
+                execution_id=self.execution_id,
+            )
+        if self.resume_policy == "fail":
             raise AgentLostError(
                 f"the agent in {machine.name} was started by an earlier attempt and "
                 "is gone without an exit status; the resume policy is `fail` "

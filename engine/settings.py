@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     engine_delete_timeout: float = Field(default=120.0, gt=0)
     engine_max_concurrent_runs: int = Field(default=16, ge=1)
 
-    # Leases: a worker renews its runs every ENGINE_LEASE_SECONDS / 3.
+    # Leases: a worker renews its runs, and checks them for cancel requests,
+    # every ENGINE_LEASE_SECONDS / 3.
     engine_lease_seconds: float = Field(default=30.0, ge=1)
 
     # What to do when a resumed run's agent cannot be found: fail or rerun.
@@ -88,6 +89,19 @@ class Settings(BaseSettings):
     def _absolute_data_dir(cls, value: Path) -> Path:
         # Run folders are stored by path, so a relative one would move with cwd.
         return value.expanduser().resolve()
+
+    # FOR TESTS ONLY: SIGKILL this process at that point of a run (a state name
+    # or `agent-started`), to test crash recovery. See engine/faults.py.
+    engine_test_crash_in: str | None = None
+
+    @field_validator("engine_test_crash_in")
+    @classmethod
+    def _known_crash_point(cls, value: str | None) -> str | None:
+        from engine.faults import CRASH_POINTS
+
+        if value and value not in CRASH_POINTS:
+            raise ValueError(f"use one of {', '.join(CRASH_POINTS)}")
+        return value or None
 
     @field_validator("tart_ssh_timeout")
     @classmethod

@@ -8,6 +8,7 @@ import sys
 
 from engine.cli import (
     audit_command,
+    control_commands,
     db_command,
     inspect_commands,
     run_command,
@@ -27,6 +28,7 @@ from engine.settings import load_settings
 COMMAND_MODULES = (
     run_command,
     inspect_commands,
+    control_commands,
     trace_command,
     audit_command,
     db_command,

@@ -48,6 +48,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="NAME=DIR[:rw]",
         help="mount host folder DIR into the machine as NAME (read-only unless :rw)",
     )
+    run.add_argument(
+        "--resume-policy",
+        choices=["fail", "rerun"],
+        help="if a resumed run's agent is gone: fail the run or start the agent "
+        "again (ENGINE_RESUME_POLICY, default fail)",
+    )
     run.add_argument("--json", action="store_true", help="print the record as JSON")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     run.set_defaults(handler=run_command)
@@ -142,6 +148,7 @@ def request_from_args(args: argparse.Namespace) -> ExecutionRequest:
             memory=args.memory,
             network=args.network,
             shares=[_parse_share(text) for text in args.share],
+            resume_policy=args.resume_policy,
         )
     except ValueError as exc:
         raise InvalidRequestError(render.validation_message(exc)) from exc

@@ -30,6 +30,7 @@ from engine.exceptions import DatabaseError, ExecutionNotFoundError, LeaseLostEr
 from engine.records import ExecutionRecord, TransitionRecord
 from engine.states import State
 from engine.store import migrations
+from engine.store.recovery import RecoveryQueries
 from engine.store.schema import executions, meta, resources, transitions
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def create_db_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-class Store:
+class Store(RecoveryQueries):
     """Persists executions; one instance per process and database."""
 
     def __init__(self, url: str, *, migrate: bool = True):

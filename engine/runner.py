@@ -36,6 +36,9 @@ from engine.store.chain import transition_hash
 
 logger = logging.getLogger(__name__)
 
+# Seconds spent copying back a failed agent's output before its machine is deleted.
+SALVAGE_SECONDS = 15.0
+
 
 class RunContext:
     """The parts a run shares with its engine: store, backend, worker, time limits."""
@@ -452,11 +455,25 @@ class Run:
 
     async def _delete(self) -> None:
         machine = self._current_machine()
+        if self.failed_state == State.EXECUTING.value:
+            await self._salvage_output(machine)
         try:
             await asyncio.wait_for(
                 self.context.backend.delete(machine), self.context.delete_timeout
             )
         except (EngineError, TimeoutError) as exc:
+            if self._nothing_was_created():
+                logger.warning(
+                    "could not confirm deletion, but the backend was unavailable "
+                    "when the machine was to be created: %s",
+                    exc,
+                    extra={
+                        "action": "delete_skipped",
+                        "execution_id": self.execution_id,
+                    },
+                )
+                await self.fire("deleted", details={"unconfirmed": True})
+                return
             self.leaked = True
             if self.error_type is None:
                 self.error_type = getattr(exc, "error_type", "timeout")
@@ -475,3 +492,31 @@ class Run:
             return
         self.context.store.mark_resource_deleted(self.backend_name, machine.name)
         await self.fire("deleted")
+
+    def _nothing_was_created(self) -> bool:
+        """Return whether this run's machine cannot exist: the first attempt's
+        create failed because the backend's tool or daemon was unreachable."""
+        return (
+            self.attempt == 1
+            and self.failed_state == State.CLONING.value
+            and self.error_type == "backend_unavailable"
+        )
+
+    async def _salvage_output(self, machine: Machine) -> None:
+        """Copy back what a failed agent wrote, so a timed-out or cancelled run
+        keeps its output; failures here are logged, never raised."""
+        limit = min(self.context.step_timeout, SALVAGE_SECONDS)
+        try:
+            await asyncio.wait_for(
+                self.context.backend.collect(machine, self.collect_paths, self.run_dir),
+                limit,
+            )
+        except Exception as exc:
+            # Includes UnsafeArchiveError: a hostile archive is skipped, not fatal.
+            logger.warning(
+                "could not copy back the output of the failed agent: %s",
+                exc,
+                extra={"action": "salvage_failed", "execution_id": self.execution_id},
+            )
+            return
+        self._deliver_remaining_output()

@@ -170,3 +170,24 @@ async def test_killed_runner_fails_as_agent_lost(tmp_path, docker_host):
     assert record.failed_state == "executing"
     assert record.error_type == "agent_lost"
     assert containers_of(record.id) == []
+
+
+async def test_timed_out_run_keeps_its_output(tmp_path, docker_host):
+    async with docker_engine(tmp_path) as engine:
+        record = await engine.run(
+            request("sh", "-c", "echo before; sleep 30", timeout=3)
+        )
+    run_dir = tmp_path / "data" / "runs" / record.id
+    assert record.error_type == "timeout"
+    assert (run_dir / "result" / "stdout").read_text() == "before\n"
+    assert containers_of(record.id) == []
+
+
+async def test_unreachable_daemon_leaks_nothing(tmp_path, docker_host, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    async with docker_engine(tmp_path) as engine:
+        record = await engine.run(request("true"))
+    assert record.state is State.FAILED
+    assert record.failed_state == "cloning"
+    assert record.error_type == "backend_unavailable"
+    assert record.leaked is False

@@ -39,6 +39,12 @@ def _tart(settings: Settings) -> Backend:
     )
 
 
+def _apple_container(settings: Settings) -> Backend:
+    from backends.apple_container import AppleContainerBackend
+
+    return AppleContainerBackend(image=settings.engine_apple_image)
+
+
 def _instant(settings: Settings) -> Backend:
     from backends.instant import InstantBackend
 
@@ -48,6 +54,7 @@ def _instant(settings: Settings) -> Backend:
 FACTORIES: dict[str, Callable[[Settings], Backend]] = {
     "docker": _docker,
     "tart": _tart,
+    "apple-container": _apple_container,
     "instant": _instant,
 }
 

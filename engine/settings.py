@@ -53,6 +53,8 @@ class Settings(BaseSettings):
 
     engine_docker_image: str = "engine-base:latest"
     engine_docker_network: str = "none"
+    # Image for the apple-container backend, from its own local image store.
+    engine_apple_image: str = "engine-base:latest"
     engine_cpus: float | None = Field(default=None, gt=0)
     engine_memory: str | None = Field(default=None, pattern=r"^[0-9]+[bkmgBKMG]?$")
 

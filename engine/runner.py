@@ -143,34 +143,21 @@ class Run:
         span_id = secrets.token_hex(8)
         seq = self.seq + 1
         duration = (now - self.entered_at).total_seconds()
-        digest = transition_hash(
-            self.last_hash,
-            execution_id=self.execution_id,
-            seq=seq,
-            from_state=source,
-            to_state=dest,
-            trigger=event.event.name,
-            at=now,
-            duration=duration,
-            attempt=self.attempt,
-            worker=self.context.worker,
-            details=details,
-            span_id=span_id,
-        )
-        row = TransitionRecord(
-            execution_id=self.execution_id,
-            seq=seq,
-            from_state=source,
-            to_state=dest,
-            trigger=event.event.name,
-            at=now,
-            duration=duration,
-            attempt=self.attempt,
-            worker=self.context.worker,
-            details=details,
-            span_id=span_id,
-            hash=digest,
-        )
+        fields: dict[str, Any] = {
+            "execution_id": self.execution_id,
+            "seq": seq,
+            "from_state": source,
+            "to_state": dest,
+            "trigger": event.event.name,
+            "at": now,
+            "duration": duration,
+            "attempt": self.attempt,
+            "worker": self.context.worker,
+            "details": details,
+            "span_id": span_id,
+        }
+        digest = transition_hash(self.last_hash, **fields)
+        row = TransitionRecord(**fields, hash=digest)
         changes = self._changes_for(State(dest), event.kwargs.get("changes") or {})
         if State(dest).is_terminal:
             changes["finished_at"] = now

@@ -12,6 +12,8 @@ is the short name stored on a failed execution.
     ├── IllegalTransitionError      a trigger that the current state does not allow
     ├── LeaseLostError              another worker owns the execution now
     ├── StepTimeoutError            a step or the whole run took too long
+    │   └── IdleTimeoutError        the agent wrote no output for too long
+    ├── AgentFailedError            the agent reported an error that ends the run
     ├── RunCancelledError           `engine cancel` asked the run to stop
     ├── MigrationError              the database schema could not be brought up to date
     └── BackendError                a machine tool or runtime failed
@@ -109,6 +111,18 @@ class StepTimeoutError(EngineError):
     """A step or the whole run exceeded its time limit."""
 
     error_type = "timeout"
+
+
+class IdleTimeoutError(StepTimeoutError):
+    """The agent wrote no output for longer than the idle timeout."""
+
+    error_type = "idle_timeout"
+
+
+class AgentFailedError(EngineError):
+    """The agent reported an error, such as rejected credentials, that ends the run."""
+
+    error_type = "agent_failed"
 
 
 class RunCancelledError(EngineError):

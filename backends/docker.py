@@ -52,6 +52,13 @@ READY_POLL_SECONDS = 0.02
 # `paused`, make cloning delete the container and create it again.
 REUSABLE_STATES = frozenset({"created", "running", "exited"})
 
+# Changes the owner of the bundle root and of everything in it except the shares
+# folder; -h changes links themselves, never their targets.
+_CHOWN_BUNDLE_SCRIPT = (
+    'cd "$1" && chown -h "$2" . && '
+    'find . -mindepth 1 -maxdepth 1 ! -name shares -exec chown -R -h "$2" {} +'
+)
+
 
 class DockerBackend:
     name: ClassVar[str] = "docker"
@@ -177,6 +184,39 @@ class DockerBackend:
         if result.returncode != 0:
             raise UploadError(
                 f"docker cp into {machine.name} failed: {result.stderr_text}",
+                **self._error_fields(machine.spec.execution_id, machine.name, result),
+            )
+        await self._give_bundle_to_image_user(machine)
+
+    async def _give_bundle_to_image_user(self, machine: Machine) -> None:
+        """Make the bundle the image user's: `docker cp` leaves it owned by root.
+
+        Without this, an image that runs as another user (USER agent) could not
+        write its results. Shares are left alone: they are host folders.
+        """
+        ids = await self._docker(
+            "exec", machine.name, "/bin/sh", "-c", "id -u; id -g", machine=machine
+        )
+        uid, gid = [*ids.stdout_text.split(), "0", "0"][:2]
+        if uid == "0":
+            return
+        result = await self._docker(
+            "exec",
+            "--user",
+            "0",
+            machine.name,
+            "/bin/sh",
+            "-c",
+            _CHOWN_BUNDLE_SCRIPT,
+            "chown-bundle",
+            GUEST_ROOT,
+            f"{uid}:{gid}",
+            check=False,
+        )
+        if result.returncode != 0:
+            raise UploadError(
+                f"giving {GUEST_ROOT} to user {uid} in {machine.name} failed: "
+                f"{result.stderr_text}",
                 **self._error_fields(machine.spec.execution_id, machine.name, result),
             )
 

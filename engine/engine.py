@@ -483,6 +483,7 @@ def _bundle_for(request: ExecutionRequest) -> Bundle:
     directories: dict[str, Path] = {}
     if request.upload_dir is not None:
         directories["work/input"] = request.upload_dir
+    directories.update(request.uploads)
     return Bundle(
         stdin=request.stdin,
         secrets={

@@ -16,6 +16,8 @@ is the short name stored on a failed execution.
     │   ├── SecretsUnavailableError the run had secrets and they were not uploaded yet
     │   └── InputUnavailableError   stdin or the stored request cannot be restored
     ├── StepTimeoutError            a step or the whole run took too long
+    │   └── IdleTimeoutError        the agent wrote no output for too long
+    ├── AgentFailedError            the agent reported an error that ends the run
     ├── RunCancelledError           `engine cancel` asked the run to stop
     ├── MigrationError              the database schema could not be brought up to date
     └── BackendError                a machine tool or runtime failed
@@ -148,6 +150,18 @@ class StepTimeoutError(EngineError):
     """A step or the whole run exceeded its time limit."""
 
     error_type = "timeout"
+
+
+class IdleTimeoutError(StepTimeoutError):
+    """The agent wrote no output for longer than the idle timeout."""
+
+    error_type = "idle_timeout"
+
+
+class AgentFailedError(EngineError):
+    """The agent reported an error, such as rejected credentials, that ends the run."""
+
+    error_type = "agent_failed"
 
 
 class RunCancelledError(EngineError):

@@ -15,6 +15,10 @@ from engine.states import State
 
 # Environment variable names that may be handed to the agent.
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Bundle entries that the engine writes itself, so an upload may not replace them.
+_RESERVED_BUNDLE_NAMES = frozenset(
+    {"run.sh", "start.sh", "follow.sh", "status.sh", "stdin", "env", "result"}
+)
 
 
 def check_network_mode(value: str | None) -> str | None:
@@ -61,6 +65,9 @@ class ExecutionRequest(BaseModel):
     backend: str | None = None
     image: str | None = None
     upload_dir: Path | None = None
+    # More host folders to upload, by guest path relative to the bundle root,
+    # e.g. {"work/group": Path("groups/main")}.
+    uploads: dict[str, Path] = Field(default_factory=dict)
     stdin: bytes | None = None
     secrets: dict[str, SecretStr] = Field(default_factory=dict)
     group: str | None = None
@@ -81,6 +88,25 @@ class ExecutionRequest(BaseModel):
         if not value[0]:
             raise ValueError("the command name is empty")
         return value
+
+    @field_validator("uploads")
+    @classmethod
+    def _upload_paths(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for guest_path, host_dir in value.items():
+            parts = guest_path.split("/")
+            if (
+                any(part in ("", ".", "..") for part in parts)
+                or parts[0] in _RESERVED_BUNDLE_NAMES
+                or guest_path in ("work/input", "work/output")
+            ):
+                raise ValueError(
+                    f"upload guest path {guest_path!r} is invalid: give a relative "
+                    "path without '.' or '..' that names no engine file "
+                    "(result, stdin, env, the scripts, work/input, work/output)"
+                )
+            if not host_dir.is_dir():
+                raise ValueError(f"upload folder {str(host_dir)!r} does not exist")
+        return {path: host_dir.resolve() for path, host_dir in value.items()}
 
     @field_validator("network")
     @classmethod

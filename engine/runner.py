@@ -109,6 +109,8 @@ class Run:
         self.leaked = False
         self.output_offsets = [0, 0]
         self.cancel_requested = asyncio.Event()
+        # Set by `stop`: the error that the interrupted step fails with.
+        self.stop_error: EngineError | None = None
         self.resume_policy = "fail"
         # Secrets that the request named but whose values this process lacks,
         # as after a resume. A rerun of the agent would start without them.
@@ -194,6 +196,18 @@ class Run:
                 self.execution_id, self.state, trigger, allowed
             )
         await getattr(self, trigger)(**kwargs)
+
+    def stop(self, error: EngineError) -> None:
+        """Interrupt the current step and fail the run with `error`.
+
+        The step fails as if it had raised `error`, so the trigger follows its
+        class: `cancelled` for a RunCancelledError, `timed_out` for a
+        StepTimeoutError, `step_failed` for any other. A run still in
+        `requested` fails as cancelled.
+        """
+        if self.stop_error is None:
+            self.stop_error = error
+        self.cancel_requested.set()
 
     def _notify(self, hook: str, *args: Any) -> None:
         for observer in self.context.observers:
@@ -299,6 +313,8 @@ class Run:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         if cancel in done:
+            if self.stop_error is not None:
+                raise self.stop_error
             raise RunCancelledError("the run was cancelled on request")
         if limit >= remaining:
             raise StepTimeoutError(f"the run exceeded its timeout in {state}")

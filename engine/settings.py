@@ -68,7 +68,21 @@ class Settings(BaseSettings):
     # How `tart ip` finds the address: dhcp (NAT, the default) or arp (bridged).
     tart_ip_resolver: Literal["dhcp", "arp"] = "dhcp"
 
-    agent_runtime: str = "command"
+    # NanoClaw protocol (`engine run --protocol nanoclaw`, see docs/nanoclaw.md).
+    # Agent runtime when neither --runtime nor the group's containerConfig names
+    # one: claude, codex, opencode or command.
+    agent_runtime: Literal["claude", "codex", "opencode", "command"] = "claude"
+    # Folder that contains the groups/<folder>/ directories, relative to cwd.
+    nanoclaw_groups_dir: Path = Path("groups")
+    # NanoClaw's mount allowlist; default ~/.config/nanoclaw/mount-allowlist.json.
+    nanoclaw_mount_allowlist: Path | None = None
+    # Seconds a whole run may take when the group's containerConfig sets no timeout.
+    nanoclaw_timeout: float = Field(default=1800.0, gt=0)
+    # Seconds without agent output on stdout after which the run is stopped.
+    nanoclaw_idle_timeout: float = Field(default=600.0, gt=0)
+    # Comma-separated names of more environment variables (from the environment
+    # or .env) to pass into the machine as secrets, besides the runtime's API keys.
+    nanoclaw_env_secrets: str = ""
 
     # Span exporter: none, otlp (protocol from OTEL_EXPORTER_OTLP_PROTOCOL),
     # otlp-http, otlp-grpc, jsonl or console. The OTLP exporters read the

@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, settings)
     except UsageError as exc:
         print(f"engine: error: {exc}", file=sys.stderr)
+        # A command may also report the error in its own output format.
+        report_error = getattr(args, "report_error", None)
+        if report_error is not None:
+            report_error(args, exc)
         return EXIT_USAGE
     except EngineError as exc:
         print(f"engine: error: {exc}", file=sys.stderr)

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.cli import render
+from engine.cli import nanoclaw_command, render
 from engine.cli.exit_codes import EXIT_INTERRUPTED, EXIT_RUN_FAILED
 from engine.cli.progress import ProgressObserver
 from engine.engine import Engine, validate_upload_dir
@@ -55,11 +55,28 @@ def register(commands: argparse._SubParsersAction) -> None:
         "again (ENGINE_RESUME_POLICY, default fail)",
     )
     run.add_argument("--json", action="store_true", help="print the record as JSON")
+    run.add_argument(
+        "--protocol",
+        choices=["nanoclaw"],
+        help="read NanoClaw's container input JSON on stdin and frame the results "
+        "on stdout (see docs/nanoclaw.md)",
+    )
+    run.add_argument(
+        "--runtime",
+        help="agent runtime for --protocol nanoclaw: claude, codex, opencode or "
+        "command (AGENT_RUNTIME)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    run.set_defaults(handler=run_command)
+    run.set_defaults(
+        handler=run_command, report_error=nanoclaw_command.report_settings_error
+    )
 
 
 def run_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.protocol == "nanoclaw":
+        return nanoclaw_command.run_nanoclaw(args, settings)
+    if args.runtime is not None:
+        raise InvalidRequestError("--runtime needs --protocol nanoclaw")
     request = request_from_args(args)
     progress = ProgressObserver(
         show_output=not args.json, show_progress=sys.stderr.isatty() or args.verbose > 0
@@ -147,14 +164,14 @@ def request_from_args(args: argparse.Namespace) -> ExecutionRequest:
             cpus=args.cpus,
             memory=args.memory,
             network=args.network,
-            shares=[_parse_share(text) for text in args.share],
+            shares=[parse_share(text) for text in args.share],
             resume_policy=args.resume_policy,
         )
     except ValueError as exc:
         raise InvalidRequestError(render.validation_message(exc)) from exc
 
 
-def _parse_share(text: str) -> ShareRequest:
+def parse_share(text: str) -> ShareRequest:
     name, separator, path = text.partition("=")
     if not separator or not name or not path:
         raise InvalidRequestError(

@@ -6,6 +6,8 @@ stdout. `protocol` models both sides of that exchange, `runtimes` builds the com
 line of each agent CLI and parses its output, and `groups` loads a group's
 `config.json` and checks its extra mounts against NanoClaw's mount allowlist.
 
-This subpackage depends only on the standard library and pydantic, so the engine
-core imports it and never the other way round.
+`invocation`, `session` and `workspace` run one NanoClaw invocation through the
+engine: they build its request, frame its results and copy the group folder
+back. The other modules depend only on the standard library and pydantic, and
+the engine core imports none of this package.
 """

@@ -3,7 +3,8 @@
 Each group has a folder `groups/<folder>/`. Its optional `config.json` contains a
 `containerConfig` object::
 
-    {"containerConfig": {"runtime": "docker", "timeout": 600000,
+    {"containerConfig": {"runtime": "docker", "agentRuntime": "claude",
+                         "timeout": 600000,
                          "cpu": 2, "memory": "2g", "network": "none",
                          "additionalMounts": [{"hostPath": "~/projects/app",
                                                "containerPath": "app",
@@ -36,6 +37,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -139,6 +141,10 @@ class ContainerConfig(BaseModel):
 
     runtime: str | None = None
     """Machine backend for this group, e.g. "docker" or "tart"; None means auto."""
+    agent_runtime: Literal["claude", "codex", "opencode", "command"] | None = Field(
+        default=None, alias="agentRuntime"
+    )
+    """Agent CLI for this group; None leaves the choice to AGENT_RUNTIME."""
     timeout: int | None = Field(default=None, gt=0)
     """Hard timeout of one run in milliseconds, as in NanoClaw (300000 = 5 min)."""
     additional_mounts: tuple[AdditionalMount, ...] = Field(
@@ -234,9 +240,9 @@ def load_group_config(groups_root: Path, folder: str) -> GroupConfig:
 
 
 def _read_config_file(path: Path) -> str | None:
-    # NOTE: NanoClaw mounts the group folder read-write into the machine, so the
-    # agent can change this file for the next run. O_NOFOLLOW at least keeps it
-    # from pointing the host at another file.
+    # Under `engine run --protocol nanoclaw` the agent cannot change this file for
+    # later runs, because config.json is never copied back from the machine.
+    # O_NOFOLLOW keeps a symlink here from pointing the host at another file.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -163,6 +163,8 @@ class ContainerOutput(BaseModel):
 
     `result` is always present on the wire, as a string or null. `newSessionId`
     and `error` are left out when they have no value, as in NanoClaw's agent-runner.
+    `sessionReset` is the engine's own field, sent only when true: the requested
+    session did not exist, so the agent ran in a new one. NanoClaw ignores it.
     """
 
     model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True)
@@ -171,6 +173,7 @@ class ContainerOutput(BaseModel):
     result: str | None = None
     new_session_id: str | None = Field(default=None, alias="newSessionId")
     error: str | None = None
+    session_reset: bool = Field(default=False, alias="sessionReset")
 
     def to_wire(self) -> dict[str, Any]:
         """Return the camelCase JSON form that NanoClaw parses."""
@@ -179,6 +182,8 @@ class ContainerOutput(BaseModel):
             wire["newSessionId"] = self.new_session_id
         if self.error is not None:
             wire["error"] = self.error
+        if self.session_reset:
+            wire["sessionReset"] = True
         return wire
 
 

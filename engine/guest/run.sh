@@ -61,6 +61,17 @@ input=/dev/null
 if [ -f "$root/stdin" ]; then
     input="$root/stdin"
 fi
-date +%s > "$result/started-at"
+# The agent's start time: epoch seconds, with nanoseconds where `date` supports
+# %N (busybox's does not), and where /proc/uptime exists, the seconds since boot
+# in hundredths, which a host that shares the kernel can turn into its own time.
+now=$(date +%s.%N)
+case $now in
+*N) now=${now%%.*} ;;
+esac
+printf '%s\n' "$now" > "$result/started-at"
+if [ -r /proc/uptime ]; then
+    read -r uptime _ < /proc/uptime
+    printf '%s\n' "$uptime" > "$result/started-uptime"
+fi
 (exec "$@") < "$input" >> "$result/stdout" 2>> "$result/stderr"
 finish "$?"

@@ -29,9 +29,9 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from engine.exceptions import DatabaseError, ExecutionNotFoundError, LeaseLostError
 from engine.records import ExecutionRecord, TransitionRecord
 from engine.states import State
-from engine.store import migrations
+from engine.store import migrations, statements
 from engine.store.recovery import RecoveryQueries
-from engine.store.schema import executions, meta, resources, transitions
+from engine.store.schema import executions, meta, resources
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class Store(RecoveryQueries):
     ) -> None:
         """Insert a new execution and its first transition in one transaction."""
         with self.db.begin() as conn:
-            conn.execute(insert(executions).values(**values))
-            conn.execute(insert(transitions).values(**_transition_row(first)))
+            conn.execute(statements.INSERT_EXECUTION, dict(values))
+            conn.execute(statements.INSERT_TRANSITION, _transition_row(first))
 
     def record_transition(
         self,
@@ -139,7 +139,7 @@ class Store(RecoveryQueries):
         values = {"state": row.to_state, "updated_at": row.at, **changes}
         with self.db.begin() as conn:
             self._fenced_update(conn, execution_id, token, values)
-            conn.execute(insert(transitions).values(**_transition_row(row)))
+            conn.execute(statements.INSERT_TRANSITION, _transition_row(row))
 
     def update_execution(self, execution_id: str, token: int, **changes: Any) -> None:
         """Change columns of the execution, if `token` is still current."""
@@ -154,14 +154,8 @@ class Store(RecoveryQueries):
         token: int,
         values: Mapping[str, Any],
     ) -> None:
-        statement = (
-            update(executions)
-            .where(
-                and_(executions.c.id == execution_id, executions.c.lease_token == token)
-            )
-            .values(**values)
-        )
-        if conn.execute(statement).rowcount != 1:
+        params = statements.fenced(execution_id, token, values)
+        if conn.execute(statements.FENCED_UPDATE, params).rowcount != 1:
             raise LeaseLostError(execution_id, token)
 
     def renew_leases(
@@ -195,38 +189,26 @@ class Store(RecoveryQueries):
         details: Mapping[str, Any] | None = None,
     ) -> None:
         """Remember a machine that a backend created, for the reaper."""
+        key = statements.resource_key(backend, name)
         with self.db.begin() as conn:
-            found = conn.execute(
-                select(resources.c.name).where(
-                    and_(resources.c.backend == backend, resources.c.name == name)
-                )
-            ).first()
+            found = conn.execute(statements.SELECT_RESOURCE, key).first()
             if found is None:
-                conn.execute(
-                    insert(resources).values(
-                        backend=backend,
-                        name=name,
-                        execution_id=execution_id,
-                        created_at=utcnow(),
-                        details=dict(details or {}),
-                    )
-                )
+                row = {
+                    "backend": backend,
+                    "name": name,
+                    "execution_id": execution_id,
+                    "created_at": utcnow(),
+                    "details": dict(details or {}),
+                }
+                conn.execute(statements.INSERT_RESOURCE, row)
             else:
-                conn.execute(
-                    update(resources)
-                    .where(
-                        and_(resources.c.backend == backend, resources.c.name == name)
-                    )
-                    .values(deleted_at=None, execution_id=execution_id)
-                )
+                changes = {"deleted_at": None, "execution_id": execution_id}
+                conn.execute(statements.UPDATE_RESOURCE, {**key, **changes})
 
     def mark_resource_deleted(self, backend: str, name: str) -> None:
+        params = statements.resource_key(backend, name, deleted_at=utcnow())
         with self.db.begin() as conn:
-            conn.execute(
-                update(resources)
-                .where(and_(resources.c.backend == backend, resources.c.name == name))
-                .values(deleted_at=utcnow())
-            )
+            conn.execute(statements.UPDATE_RESOURCE, params)
 
     # -- reads ------------------------------------------------------------
 
@@ -234,11 +216,8 @@ class Store(RecoveryQueries):
         self, execution_id: str, *, with_transitions: bool = False
     ) -> ExecutionRecord:
         with self.db.connect() as conn:
-            row = (
-                conn.execute(select(executions).where(executions.c.id == execution_id))
-                .mappings()
-                .first()
-            )
+            params = {"execution_id": execution_id}
+            row = conn.execute(statements.SELECT_EXECUTION, params).mappings().first()
             if row is None:
                 raise ExecutionNotFoundError(execution_id)
             record = _execution_record(row)
@@ -277,12 +256,8 @@ class Store(RecoveryQueries):
     def _transitions(
         self, conn: Connection, execution_id: str
     ) -> Iterable[TransitionRecord]:
-        query = (
-            select(transitions)
-            .where(transitions.c.execution_id == execution_id)
-            .order_by(transitions.c.seq)
-        )
-        for row in conn.execute(query).mappings():
+        params = {"execution_id": execution_id}
+        for row in conn.execute(statements.SELECT_TRANSITIONS, params).mappings():
             yield _transition_record(row)
 
     def list_resources(self, *, backend: str | None = None) -> list[dict[str, Any]]:

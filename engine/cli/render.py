@@ -6,14 +6,18 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
 from engine.records import ExecutionRecord
 from engine.store import utcnow
+
+# Rich is imported where it prints, because `engine run` imports this module
+# too and importing Rich took about 35 ms.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 # Output files larger than this are named in --json output instead of inlined.
 MAX_INLINE_OUTPUT = 1 << 20
@@ -21,6 +25,8 @@ MAX_INLINE_OUTPUT = 1 << 20
 
 def console(*, stderr: bool = False) -> Console:
     """Return a console that wraps nothing when its stream is not a terminal."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
         return Console(stderr=stderr, highlight=False)
@@ -60,6 +66,8 @@ def validation_message(exc: ValueError) -> str:
 
 
 def print_list(records: list[ExecutionRecord]) -> None:
+    from rich.table import Table
+
     table = Table(box=None)
     for column in ("id", "state", "backend", "exit", "created", "error"):
         table.add_column(column)
@@ -119,6 +127,8 @@ def _owner_text(record: ExecutionRecord) -> str:
 
 
 def _transition_table(record: ExecutionRecord) -> Table:
+    from rich.table import Table
+
     table = Table(box=None)
     for column in ("seq", "at (UTC)", "from", "to", "trigger", "spent in from"):
         table.add_column(column)

@@ -83,8 +83,8 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
     )
     backend = request.backend or settings.container_runtime
     if backend.strip().lower() == "instant":
-        progress.console.print(
-            "[yellow]warning:[/] the instant backend is a test double: "
+        progress.warn(
+            "the instant backend is a test double: "
             "nothing runs and no output is produced"
         )
     interrupted = Interrupted()

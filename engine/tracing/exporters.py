@@ -14,6 +14,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,12 @@ _SDK_EXPORTER_LOGGERS = (
 )
 MAX_QUEUE_SIZE = 2048
 MAX_BATCH_SIZE = 512
+# How long the export thread gathers spans before it exports them. Exporting
+# each span alone cost about as much CPU as building it, and every wake-up of
+# the thread competes with the event loop for the GIL (docs/benchmarks.md).
+BATCH_LINGER_SECONDS = 0.2
+# Returned by `SpanExportQueue._next` when the linger time ran out.
+_NO_SPAN = object()
 
 
 def resolve_exporter_name(settings: Settings) -> str:
@@ -185,14 +192,24 @@ class SpanExportQueue:
         while not stopping:
             item = self._queue.get()
             batch: list[ReadableSpan] = []
+            deadline = time.monotonic() + BATCH_LINGER_SECONDS
             while item is not None:
                 batch.append(item)
-                if len(batch) >= self._max_batch_size or self._queue.empty():
+                if len(batch) >= self._max_batch_size:
                     break
-                item = self._queue.get()
+                item = self._next(deadline)
+                if item is _NO_SPAN:
+                    break
             stopping = item is None
             if batch:
                 self._export(batch)
+
+    def _next(self, deadline: float) -> ReadableSpan | object | None:
+        """Return the next queued item, or _NO_SPAN if none came by `deadline`."""
+        try:
+            return self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+        except queue.Empty:
+            return _NO_SPAN
 
     def _export(self, batch: list[ReadableSpan]) -> None:
         _SDK_LOG_CAPTURE.take_first()

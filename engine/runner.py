@@ -112,6 +112,7 @@ class Run:
         # Set by `stop`: the error that the interrupted step fails with.
         self.stop_error: EngineError | None = None
         self.resume_policy = "fail"
+        self._pending_create: asyncio.Future[Machine] | None = None
         # Secrets that the request named but whose values this process lacks,
         # as after a resume. A rerun of the agent would start without them.
         self.missing_secrets: tuple[str, ...] = ()
@@ -355,7 +356,12 @@ class Run:
     # -- steps -----------------------------------------------------------------
 
     async def _clone(self) -> None:
-        self.machine = await self.context.backend.create(self.spec)
+        # A create that a timeout or cancel interrupts may still finish in the
+        # runtime (a Docker API request is not withdrawn), so deleting waits for it.
+        self._pending_create = asyncio.ensure_future(
+            self.context.backend.create(self.spec)
+        )
+        self.machine = await asyncio.shield(self._pending_create)
         self.context.store.record_resource(
             self.backend_name, self.spec.name, self.execution_id, self.machine.details
         )
@@ -457,6 +463,7 @@ class Run:
                 self._notify("on_output", stream, rest)
 
     async def _delete(self) -> None:
+        await self._settle_pending_create()
         machine = self._current_machine()
         if self.failed_state == State.EXECUTING.value:
             await self._salvage_output(machine)
@@ -495,6 +502,24 @@ class Run:
             return
         self.context.store.mark_resource_deleted(self.backend_name, machine.name)
         await self.fire("deleted")
+
+    async def _settle_pending_create(self) -> None:
+        """Wait for an interrupted create to finish, so its machine is deleted too."""
+        pending = self._pending_create
+        if pending is None or pending.done():
+            return
+        try:
+            created = await asyncio.wait_for(
+                asyncio.shield(pending), self.context.delete_timeout
+            )
+        except Exception as exc:
+            logger.info(
+                "interrupted create ended with an error: %s",
+                exc,
+                extra={"action": "create_settled", "execution_id": self.execution_id},
+            )
+            return
+        self.machine = created
 
     def _nothing_was_created(self) -> bool:
         """Return whether this run's machine cannot exist: the first attempt's

@@ -191,3 +191,12 @@ async def test_unreachable_daemon_leaks_nothing(tmp_path, docker_host, monkeypat
     assert record.failed_state == "cloning"
     assert record.error_type == "backend_unavailable"
     assert record.leaked is False
+
+
+async def test_interrupted_create_leaves_no_container(tmp_path, docker_host):
+    async with docker_engine(tmp_path, engine_step_timeout=0.005) as engine:
+        record = await engine.run(request("true"))
+    assert record.state is State.FAILED
+    assert record.failed_state == "cloning"
+    assert record.error_type == "timeout"
+    assert containers_of(record.id) == []

@@ -102,14 +102,22 @@ def test_global_folder_uploaded_not_collected(workdir: Path) -> None:
     assert GLOBAL_GUEST_PATH not in request.collect_paths
 
 
-def test_missing_group_folder_runs_in_work(workdir: Path) -> None:
+def test_missing_group_folder_is_created(workdir: Path) -> None:
     (workdir / "groups" / "family").rmdir()
     invocation = build(workdir)
     request = invocation.request(None)
-    assert invocation.group_dir is None
-    assert request.command[5] == "."
-    assert GROUP_GUEST_PATH not in request.uploads
-    assert not (workdir / "groups" / "family").exists()
+    assert invocation.group_dir == (workdir / "groups" / "family").resolve()
+    assert (workdir / "groups" / "family").is_dir()
+    assert request.command[5] == "group"
+    assert GROUP_GUEST_PATH in request.uploads
+
+
+def test_group_path_that_is_a_file_is_rejected(workdir: Path) -> None:
+    (workdir / "groups" / "family").rmdir()
+    (workdir / "groups" / "family").write_text("not a folder")
+    with pytest.raises(GroupConfigError) as caught:
+        build(workdir)
+    assert "family" in str(caught.value)
 
 
 def test_claude_argv_resumes_session(workdir: Path) -> None:

@@ -172,10 +172,20 @@ def build_invocation(
         )
     groups_root = settings.nanoclaw_groups_dir.expanduser()
     config = load_group_config(groups_root, folder).container_config
-    group_dir = resolve_group_dir(groups_root, folder)
-    if not group_dir.is_dir():
-        logger.info(
-            "group folder not found; the agent runs without one",
+    group_dir: Path | None = resolve_group_dir(groups_root, folder)
+    if not group_dir.exists() and not group_dir.is_symlink():
+        # NanoClaw makes a group's folder when the group is registered; make it
+        # here too, so the agent's files in it are kept.
+        group_dir.mkdir(parents=True)
+        logger.warning(
+            "group folder %s did not exist and was created",
+            group_dir,
+            extra={"action": "group_created", "group": folder},
+        )
+    if not group_dir.is_dir() or group_dir.is_symlink():
+        logger.warning(
+            "group path %s is not a folder; the agent runs without one",
+            group_dir,
             extra={"action": "group_missing", "group": folder},
         )
         group_dir = None

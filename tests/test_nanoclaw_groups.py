@@ -422,3 +422,22 @@ def test_mount_default_home_is_user_home(allowlist: MountAllowlist) -> None:
     with pytest.raises(MountRejectedError) as caught:
         validate_mount(mount, allowlist, is_main=True)
     assert os.path.expanduser("~/surely-not-here-7f3a") in caught.value.reason
+
+
+def test_host_network_in_group_config_is_rejected(tmp_path):
+    import json as json_module
+
+    from engine.nanoclaw.errors import GroupConfigError
+    from engine.nanoclaw.groups import load_group_config
+
+    folder = tmp_path / "groups" / "team"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        json_module.dumps({"containerConfig": {"network": "host"}})
+    )
+    with pytest.raises(GroupConfigError) as caught:
+        load_group_config(tmp_path / "groups", "team")
+    message = str(caught.value)
+    assert "containerConfig.network" in message
+    assert "defeats isolation" in message
+    assert "errors.pydantic.dev" not in message

@@ -10,7 +10,6 @@ import sys
 import time
 from datetime import timedelta
 
-from rich.console import Console
 from rich.table import Table
 
 from engine.cli import render
@@ -169,7 +168,7 @@ async def _reap(
 
 
 def print_reap_report(report: ReapReport) -> None:
-    console = Console(highlight=False)
+    console = render.console()
     for backend, error in report.unavailable.items():
         print(f"engine: warning: skipped backend {backend}: {error}", file=sys.stderr)
     if not report.rows:

@@ -167,6 +167,17 @@ class ContainerConfig(BaseModel):
             )
         return value
 
+    @field_validator("network")
+    @classmethod
+    def _isolated_network(cls, value: str | None) -> str | None:
+        # "host" would give the agent the host's own network.
+        if value == "host":
+            raise ValueError(
+                "'host' shares the host's network and defeats isolation; use "
+                "none, bridge or a network you created"
+            )
+        return value
+
     @field_validator("memory")
     @classmethod
     def _check_memory(cls, value: int | str | None) -> int | str | None:

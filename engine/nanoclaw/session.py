@@ -249,7 +249,7 @@ def _failure_output(
     elif record.error_type == "timeout":
         message = (
             f"the run did not finish within {invocation.timeout:g} s and was stopped "
-            "(hard timeout: containerConfig.timeout or NANOCLAW_TIMEOUT)"
+            "(hard timeout: --timeout, containerConfig.timeout or NANOCLAW_TIMEOUT)"
         )
     elif record.error_type == "cancelled":
         message = "the run was interrupted and its machine deleted"

@@ -229,8 +229,8 @@ def test_invalid_group_config_names_field(workdir: Path) -> None:
 
 def test_host_network_in_group_config_rejected(workdir: Path) -> None:
     write_config(workdir, {"network": "host"})
-    with pytest.raises(InvalidRequestError, match="defeats isolation"):
-        build(workdir).request(None)
+    with pytest.raises(GroupConfigError, match="defeats isolation"):
+        build(workdir)
 
 
 def test_secrets_precedence(workdir, monkeypatch) -> None:

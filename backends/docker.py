@@ -36,9 +36,9 @@ from backends.base import (
 )
 from backends.docker_api import EngineAPI, error_fields
 from backends.docker_http import DockerAPIError, Endpoint
+from backends.guest import GUEST_ROOT, KEEPALIVE, SHARES_ROOT
 from engine.bundle import Bundle, extract_safely, write_bundle
 from engine.exceptions import (
-    AgentLostError,
     BackendError,
     BackendUnavailableError,
     ImageNotFoundError,
@@ -48,10 +48,6 @@ from engine.exceptions import (
 
 logger = logging.getLogger(__name__)
 
-GUEST_ROOT = "/engine"
-SHARES_ROOT = "/engine/shares"
-# Keeps the container running between steps; removing the container ends it.
-KEEPALIVE = ["-c", "while :; do sleep 3600; done"]
 READY_POLL_SECONDS = 0.02
 # Container states (`.State.Status`) that a repeated cloning step reuses: the
 # booting step's start works on each. Other states, such as `dead` or
@@ -346,12 +342,7 @@ class DockerBackend:
                 machine
             )
             if status.state is AgentState.MISSING:
-                raise AgentLostError(
-                    f"agent in {machine.name} is gone and left no exit status",
-                    backend=self.name,
-                    execution_id=machine.spec.execution_id,
-                    resource=machine.name,
-                )
+                raise guest.agent_lost(self.name, machine)
             if status.state is AgentState.RUNNING:
                 logger.warning(
                     "agent output stream ended early; following again",

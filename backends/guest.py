@@ -5,7 +5,25 @@ The scripts themselves live in `engine/guest/` and travel in the run bundle.
 
 from __future__ import annotations
 
-from backends.base import AgentState, AgentStatus
+from backends.base import AgentState, AgentStatus, Machine
+from engine.exceptions import AgentLostError
+
+# Where container backends (Docker, Apple Container) put the run bundle.
+GUEST_ROOT = "/engine"
+SHARES_ROOT = "/engine/shares"
+# The main process of a container backend's machine: it only keeps the machine
+# running between steps, and deleting the container ends it.
+KEEPALIVE = ["-c", "while :; do sleep 3600; done"]
+
+
+def agent_lost(backend: str, machine: Machine) -> AgentLostError:
+    """Return the error for an agent that vanished without an exit status."""
+    return AgentLostError(
+        f"agent in {machine.name} is gone and left no exit status",
+        backend=backend,
+        execution_id=machine.spec.execution_id,
+        resource=machine.name,
+    )
 
 
 def run_argv(root: str, command: list[str]) -> list[str]:

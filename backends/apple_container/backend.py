@@ -45,10 +45,10 @@ from backends.base import (
     OutputSink,
     Resource,
 )
+from backends.guest import GUEST_ROOT, KEEPALIVE, SHARES_ROOT
 from backends.process import ProcessResult, kill_process_group
 from engine.bundle import Bundle, extract_safely, write_bundle
 from engine.exceptions import (
-    AgentLostError,
     BackendError,
     BackendUnavailableError,
     ImageNotFoundError,
@@ -58,10 +58,6 @@ from engine.exceptions import (
 
 logger = logging.getLogger(__name__)
 
-GUEST_ROOT = "/engine"
-SHARES_ROOT = "/engine/shares"
-# Keeps the container running between steps; `container delete --force` ends it.
-KEEPALIVE = ["-c", "while :; do sleep 3600; done"]
 READY_POLL_SECONDS = 0.05
 DELETE_ATTEMPTS = 3
 DELETE_RETRY_SECONDS = 0.5
@@ -229,12 +225,7 @@ class AppleContainerBackend:
             if status.state is AgentState.EXITED:
                 return status
             if status.state is AgentState.MISSING:
-                raise AgentLostError(
-                    f"agent in {machine.name} is gone and left no exit status",
-                    backend=self.name,
-                    execution_id=machine.spec.execution_id,
-                    resource=machine.name,
-                )
+                raise guest.agent_lost(self.name, machine)
             logger.warning(
                 "agent output stream ended early; following again",
                 extra={"action": "refollow", "resource": machine.name},

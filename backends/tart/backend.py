@@ -46,7 +46,6 @@ from backends.tart.cli import (
 )
 from engine.bundle import Bundle, bundle_bytes
 from engine.exceptions import (
-    AgentLostError,
     BackendError,
     BackendUnavailableError,
     ImageNotFoundError,
@@ -332,12 +331,7 @@ class TartBackend:
             if status.state is AgentState.EXITED:
                 return status
             if status.state is AgentState.MISSING:
-                raise AgentLostError(
-                    f"agent in {machine.name} is gone and left no exit status",
-                    backend=self.name,
-                    execution_id=machine.spec.execution_id,
-                    resource=machine.name,
-                )
+                raise guest.agent_lost(self.name, machine)
 
     async def collect(
         self, machine: Machine, paths: tuple[str, ...], destination: Path

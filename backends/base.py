@@ -6,7 +6,7 @@ only code that runs a VM tool or talks to a container runtime.
     state        method
     cloning      create        make the machine under a deterministic name
     booting      start         start it
-    ip-ready     wait_ready    wait until it answers on its exec channel
+    ip-ready     wait_ready    wait until it responds on its exec channel
     uploading    upload        copy the run bundle in as one tar stream
     executing    start_agent   start the command detached, output to files
                  agent_status  reattach: is it running, or did it exit?
@@ -50,7 +50,7 @@ class Share:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MachineSpec:
-    """What the cloning step creates."""
+    """The machine that the cloning step creates."""
 
     name: str
     execution_id: str

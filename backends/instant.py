@@ -48,7 +48,7 @@ class InstantBackend:
         self.calls: list[tuple[str, str]] = []
 
     def check_available(self) -> None:
-        """The instant backend needs no tool."""
+        """Do nothing: the instant backend needs no tool."""
 
     async def _step(self, method: str, name: str) -> None:
         self.calls.append((method, name))

@@ -237,8 +237,8 @@ class Engine:
             self._runs.pop(execution_id, None)
             self._machine.remove_model(run)
         final = self.get(execution_id)
-        for observer in self.observers:
-            observer.on_finished(run, final)
+        # Observer errors are logged and dropped here too, as during the run.
+        run.notify("on_finished", final)
         return final
 
     def run_dir(self, record: ExecutionRecord) -> Path:

@@ -207,7 +207,7 @@ class BackendError(EngineError):
 
 
 class BackendUnavailableError(BackendError):
-    """The backend's tool is not installed or its daemon does not answer."""
+    """The backend's tool is not installed or its daemon does not respond."""
 
     error_type = "backend_unavailable"
 

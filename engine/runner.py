@@ -170,7 +170,7 @@ class Run:
         self.seq = seq
         self.last_hash = digest
         self.entered_at = now
-        self._notify("on_transition", row)
+        self.notify("on_transition", row)
 
     def _changes_for(self, dest: State, extra: dict[str, Any]) -> dict[str, Any]:
         changes = dict(extra)
@@ -210,7 +210,7 @@ class Run:
             self.stop_error = error
         self.cancel_requested.set()
 
-    def _notify(self, hook: str, *args: Any) -> None:
+    def notify(self, hook: str, *args: Any) -> None:
         for observer in self.context.observers:
             try:
                 getattr(observer, hook)(self, *args)
@@ -236,7 +236,7 @@ class Run:
             State.COLLECTING: self._collect,
         }
         # The run waits for a slot in `requested` (or in its resumed state) and
-        # holds it until it is terminal.
+        # keeps it until it is terminal.
         if slot is not None:
             await slot.acquire()
         try:
@@ -392,7 +392,7 @@ class Run:
             self.context.store.update_execution(
                 self.execution_id, self.token, resource_details=self.machine.details
             )
-            self._notify("on_agent_started")
+            self.notify("on_agent_started")
         offsets = (self.output_offsets[0], self.output_offsets[1])
         status = await backend.wait_agent(
             self._current_machine(), self._on_output, offsets
@@ -441,7 +441,7 @@ class Run:
 
     async def _on_output(self, stream: str, data: bytes) -> None:
         self.output_offsets[0 if stream == "stdout" else 1] += len(data)
-        self._notify("on_output", stream, data)
+        self.notify("on_output", stream, data)
 
     async def _collect(self) -> None:
         await self.context.backend.collect(
@@ -460,7 +460,7 @@ class Run:
                 rest = handle.read()
             if rest:
                 self.output_offsets[index] += len(rest)
-                self._notify("on_output", stream, rest)
+                self.notify("on_output", stream, rest)
 
     async def _delete(self) -> None:
         await self._settle_pending_create()

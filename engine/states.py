@@ -5,7 +5,7 @@
     any step that fails, times out or is cancelled → deleting → failed
     requested → failed when nothing was created yet
 
-Entering a state means its step is about to run, so the store always says which
+Entering a state means its step is about to run, so the store always records which
 step may be half done.
 """
 

@@ -1,6 +1,6 @@
 """The identity of a worker process: host, pid and process start time.
 
-The start time tells a live owner from a new process that reused its pid.
+The start time distinguishes a live owner from a new process that reused its pid.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class SSHAuthenticationError(BackendError):
 
 
 class SSHUnreachableError(BackendError):
-    """SSH did not answer in time."""
+    """SSH did not respond in time."""
 
     error_type = "ssh_unreachable"
 
@@ -117,7 +117,7 @@ async def connect_until_ready(
             last_error = exc
             await asyncio.sleep(CONNECT_RETRY_SECONDS)
     raise SSHUnreachableError(
-        f"SSH on {address}:22 did not answer before TART_SSH_TIMEOUT: {last_error}",
+        f"SSH on {address}:22 did not respond before TART_SSH_TIMEOUT: {last_error}",
         backend="tart",
     )
 
